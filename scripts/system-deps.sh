@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Debian packages for the end-to-end tests: headless Chromium (browser microphone) and a user-mode
+# PulseAudio with PortAudio (sounddevice loopback). Installs only what is missing; needs root or sudo.
+set -euo pipefail
+need=()
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v pulseaudio >/dev/null 2>&1 || need+=(pulseaudio pulseaudio-utils)
+ldconfig -p 2>/dev/null | grep -q libportaudio.so.2 || need+=(libportaudio2)
+[ ${#need[@]} -eq 0 ] && exit 0
+sudo=""
+[ "$(id -u)" -ne 0 ] && sudo="sudo"
+echo "system-deps: installing ${need[*]}" >&2
+export DEBIAN_FRONTEND=noninteractive
+$sudo apt-get update -qq
+$sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null

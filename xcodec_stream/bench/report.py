@@ -1,0 +1,56 @@
+"""Shared reporting for benchmarks: machine description and section-wise updates of docs/BENCHMARKS.md."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import re
+from pathlib import Path
+
+import torch
+
+HEADER = "# Benchmarks\n\nEvery table is written by `xcodec-stream bench ...`; re-run the command to refresh it.\n"
+
+
+def machine() -> str:
+    """One line naming the hardware and software a number was measured on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    dev = f"CUDA {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "no GPU"
+    return (
+        f"{cpu}, {os.cpu_count()} CPUs visible, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), {dev}, Python {platform.python_version()}"
+    )
+
+
+def today() -> str:
+    return _dt.date.today().isoformat()
+
+
+def markdown_table(headers: list[str], rows: list[list[object]]) -> str:
+    def fmt(v: object) -> str:
+        return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def write_section(name: str, body: str, path: str | Path = "docs/BENCHMARKS.md") -> Path:
+    """Replace (or append) the section delimited by markers for `name`, leaving the other sections alone."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = path.read_text() if path.exists() else HEADER
+    begin, end = f"<!-- bench:{name}:begin -->", f"<!-- bench:{name}:end -->"
+    block = f"{begin}\n{body.rstrip()}\n{end}"
+    pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
+    text = pattern.sub(lambda _m: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    path.write_text(text)
+    return path

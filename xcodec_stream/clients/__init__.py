@@ -1,0 +1,1 @@
+"""Clients: asyncio client library, file and microphone loopback."""

@@ -1,0 +1,1 @@
+"""Offline X-Codec model: config, acoustic (DAC) and semantic branches, quantizer, loading."""

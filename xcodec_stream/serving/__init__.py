@@ -1,0 +1,1 @@
+"""Serving: wire protocol (pure), batching worker, rooms, asyncio WebSocket server."""
