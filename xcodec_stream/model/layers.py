@@ -1,0 +1,54 @@
+"""Small building blocks shared by the model parts: Snake activation, weight-norm folding."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def snake(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
+    """x + 1/(alpha + 1e-9) * sin(alpha * x)^2, with transformers' op order (same rounding)."""
+    return x + (alpha + 1e-9).reciprocal() * torch.sin(alpha * x).pow(2)
+
+
+class Snake1d(nn.Module):
+    """Snake activation with one learned frequency `alpha` per channel, shape (1, C, 1)."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.alpha = nn.Parameter(torch.ones(1, channels, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return snake(x, self.alpha)
+
+
+class ResidualUnit(nn.Module):
+    """Base pattern of the residual units: `forward(x) = x + branch(x)`, lengths unchanged.
+
+    Subclasses define `branch`. The streaming engine calls `branch` itself so that it can delay `x`
+    by the branch's lookahead before adding.
+    """
+
+    def branch(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.branch(x)
+
+
+def fold_weight_norm(weight_g: torch.Tensor, weight_v: torch.Tensor, dim: int) -> torch.Tensor:
+    """Plain weight from a weight-norm pair: g * v / ||v|| (norm over every axis but `dim`).
+
+    Uses the same kernel as torch's weight-norm parametrization, so the folded weight is bit-identical
+    to the one transformers computes on every forward.
+    """
+    if weight_g.dim() != weight_v.dim():
+        raise ValueError(f"weight_g has shape {tuple(weight_g.shape)} but weight_v {tuple(weight_v.shape)}")
+    expected = [1] * weight_v.dim()
+    expected[dim] = weight_v.shape[dim]
+    if list(weight_g.shape) != expected:
+        raise ValueError(
+            f"weight_g has shape {tuple(weight_g.shape)}, expected {tuple(expected)} for weight_v "
+            f"{tuple(weight_v.shape)} normalised along dim {dim}"
+        )
+    return torch._weight_norm(weight_v.float(), weight_g.float(), dim).to(weight_v.dtype)
