@@ -183,8 +183,11 @@ class Attention(nn.Module):
         gate_output = gate_a * (gate_b * self.gru_rel_pos_const - 1.0) + 2.0
         return gate_output * position_bias.unsqueeze(0)
 
-    def forward(self, x: torch.Tensor, position_bias: torch.Tensor | None = None) -> torch.Tensor:
-        """(B, T, H*d) -> (B, T, H*d). `position_bias` (H, T, T): WavLM's shared, ungated bias."""
+    def forward(
+        self, x: torch.Tensor, position_bias: torch.Tensor | None = None, key_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """(B, T, H*d) -> (B, T, H*d). `position_bias` (H, T, T): WavLM's shared, ungated bias.
+        `key_mask` (B, T) bool: keys that exist (the streaming engine's windows mask frames outside the signal)."""
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.k_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
@@ -194,6 +197,11 @@ class Attention(nn.Module):
             if position_bias is None:
                 raise ValueError("WavLM attention needs the relative position bias")
             mask = self.gate(x, position_bias).to(q.dtype)
+        if key_mask is not None:
+            neg = torch.zeros(b, 1, 1, t, dtype=q.dtype, device=q.device).masked_fill(
+                ~key_mask[:, None, None, :], float("-inf")
+            )
+            mask = neg if mask is None else mask + neg
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=self.scaling)
         out = out.transpose(1, 2).reshape(b, t, -1)
         return self.out_proj(out)
@@ -228,11 +236,13 @@ class EncoderLayer(nn.Module):
         self.feed_forward = FeedForward(config.hidden_size, config.intermediate_size, config.hidden_act)
         self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
-    def forward(self, x: torch.Tensor, position_bias: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, position_bias: torch.Tensor | None = None, key_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         if self.stable_layer_norm:
-            x = x + self.attention(self.layer_norm(x), position_bias)
+            x = x + self.attention(self.layer_norm(x), position_bias, key_mask)
             return x + self.feed_forward(self.final_layer_norm(x))
-        x = self.layer_norm(x + self.attention(x, position_bias))
+        x = self.layer_norm(x + self.attention(x, position_bias, key_mask))
         return self.final_layer_norm(x + self.feed_forward(x))
 
 
@@ -267,17 +277,22 @@ class Encoder(nn.Module):
             x = self.layer_norm(x)
         return x
 
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> list[torch.Tensor]:
         """(B, T, H) projected features -> all hidden states: the input of layer 0, then each layer's output.
+
+        `key_mask` (B, T) bool (streaming windows): frames that exist. The others are zeroed before the
+        positional conv and never attended to, which equals running on the existing frames alone.
 
         That is transformers' `hidden_states` (num_hidden_layers + 1 tensors). For the stable-LN variant the
         final layer norm is not part of them (it only makes `last_hidden_state`), so it is not applied here.
         """
+        if key_mask is not None:
+            x = x * key_mask[..., None].to(x.dtype)
         x = self.embed(x)
         bias = self.position_bias(x.shape[1])
         hidden = [x]
         for layer in self.layers:
-            x = layer(x, bias)
+            x = layer(x, bias, key_mask)
             hidden.append(x)
         return hidden
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -15,6 +16,10 @@ from xcodec_stream.model.config import XcodecConfig
 from xcodec_stream.model.quantizer import ResidualVectorQuantizer
 from xcodec_stream.model.semantic import SemanticModel
 from xcodec_stream.model.semantic_encoder import SemanticEncoder
+
+if TYPE_CHECKING:  # the streaming engine imports the model; import it back lazily
+    from xcodec_stream.streaming.decoder import StreamingDecoder
+    from xcodec_stream.streaming.encoder import StreamingEncoder
 
 
 @dataclass
@@ -144,6 +149,23 @@ class XcodecModel(nn.Module):
         """(B, D, F) quantized latent -> fc2 -> DAC decoder -> (B, 1, hop * F)."""
         acoustic = self.fc2(quantized.transpose(1, 2)).transpose(1, 2)
         return self.acoustic_decoder(acoustic)
+
+    # ---- streaming ----------------------------------------------------------------------------------
+    def streaming_encoder(
+        self, batch_size: int = 1, bandwidth: float | None = None, latency: str | object = "balanced"
+    ) -> StreamingEncoder:
+        """A chunked encoder over `batch_size` session slots; `latency`: "exact" | "balanced" | "low" or a
+        `StreamingOptions`. See `xcodec_stream.streaming.encoder.StreamingEncoder`."""
+        from xcodec_stream.streaming.encoder import StreamingEncoder
+
+        return StreamingEncoder(self, batch_size=batch_size, bandwidth=bandwidth, latency=latency)
+
+    def streaming_decoder(self, batch_size: int = 1, latency: str | object = "balanced") -> StreamingDecoder:
+        """A chunked decoder over `batch_size` session slots. See
+        `xcodec_stream.streaming.decoder.StreamingDecoder`."""
+        from xcodec_stream.streaming.decoder import StreamingDecoder
+
+        return StreamingDecoder(self, batch_size=batch_size, latency=latency)
 
     # ---- public API ---------------------------------------------------------------------------------
     def _check_input(self, input_values: torch.Tensor) -> torch.Tensor:
