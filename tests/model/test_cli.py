@@ -23,7 +23,20 @@ def _api_codes(model, wave16k: np.ndarray, bandwidth=None) -> np.ndarray:
 def test_round_trip_16k(tmp_path, data_dir, tiny_model, speech_clip, bandwidth):
     codes_path, out_path = tmp_path / "a.npz", tmp_path / "a.wav"
     extra = [] if bandwidth is None else ["--bandwidth", str(bandwidth)]
-    assert main(["encode", str(data_dir / "arctic_a0009.wav"), str(codes_path), "--model", "random:tiny", "--quiet", *extra]) == 0
+    assert (
+        main(
+            [
+                "encode",
+                str(data_dir / "arctic_a0009.wav"),
+                str(codes_path),
+                "--model",
+                "random:tiny",
+                "--quiet",
+                *extra,
+            ]
+        )
+        == 0
+    )
     cf = load_codes(codes_path)
     assert np.array_equal(cf.codes.astype(np.int64), _api_codes(tiny_model, speech_clip, bandwidth))
     assert cf.n_q == (8 if bandwidth is None else 3) and cf.model_id == "random:tiny"
@@ -50,25 +63,68 @@ def test_round_trip_44k_stereo(tmp_path, tiny_model, speech_clip):
     assert main(["decode", str(tmp_path / "s.npz"), str(tmp_path / "s.wav"), "--quiet"]) == 0
     audio, rate = sf.read(tmp_path / "s.wav")
     assert rate == 44100 and audio.shape == (len(wave44),)
-    assert main(["decode", str(tmp_path / "s.npz"), str(tmp_path / "s16.wav"), "--sample-rate", "16000", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "decode",
+                str(tmp_path / "s.npz"),
+                str(tmp_path / "s16.wav"),
+                "--sample-rate",
+                "16000",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     audio16, rate16 = sf.read(tmp_path / "s16.wav")
     assert rate16 == 16000 and audio16.shape == (round(len(wave44) * 16000 / 44100),)
 
 
 def test_chunked_encode_bounds_memory(tmp_path, data_dir):
-    assert main(["encode", str(data_dir / "arctic_a0009.wav"), str(tmp_path / "c.npz"), "--model", "random:tiny",
-                 "--chunk-seconds", "1", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "encode",
+                str(data_dir / "arctic_a0009.wav"),
+                str(tmp_path / "c.npz"),
+                "--model",
+                "random:tiny",
+                "--chunk-seconds",
+                "1",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert load_codes(tmp_path / "c.npz").num_frames == 155  # chunks are whole frames: same frame count
 
 
 def test_errors_are_one_line(tmp_path, capsys, data_dir):
-    assert main(["encode", str(tmp_path / "missing.wav"), str(tmp_path / "x.npz"), "--model", "random:tiny"]) == 1
+    assert (
+        main(["encode", str(tmp_path / "missing.wav"), str(tmp_path / "x.npz"), "--model", "random:tiny"])
+        == 1
+    )
     assert "input file not found" in capsys.readouterr().err
     (tmp_path / "noise.wav").write_bytes(b"RIFF garbage")
-    assert main(["encode", str(tmp_path / "noise.wav"), str(tmp_path / "x.npz"), "--model", "random:tiny"]) == 1
+    assert (
+        main(["encode", str(tmp_path / "noise.wav"), str(tmp_path / "x.npz"), "--model", "random:tiny"]) == 1
+    )
     assert "cannot read" in capsys.readouterr().err
-    assert main(["encode", str(data_dir / "arctic_a0009.wav"), str(tmp_path / "x.npz"), "--model", "random:tiny",
-                 "--bandwidth", "3", "--quiet"]) == 1
+    assert (
+        main(
+            [
+                "encode",
+                str(data_dir / "arctic_a0009.wav"),
+                str(tmp_path / "x.npz"),
+                "--model",
+                "random:tiny",
+                "--bandwidth",
+                "3",
+                "--quiet",
+            ]
+        )
+        == 1
+    )
     assert "unsupported bandwidth 3.0" in capsys.readouterr().err
     assert main(["decode", str(tmp_path / "missing.npz"), str(tmp_path / "x.wav")]) == 1
     assert "codes file not found" in capsys.readouterr().err

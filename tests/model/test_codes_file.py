@@ -33,8 +33,17 @@ def test_round_trip(tmp_path):
     assert (back.n_q, back.num_frames, back.model_id, back.bandwidth) == (2, 8, "random:tiny", 1.0)
     assert (back.original_sample_rate, back.original_num_samples, back.num_samples) == (44100, 6891, 2500)
     with np.load(path, allow_pickle=False) as data:  # plain arrays only
-        assert set(data.files) >= {"codes", "n_q", "frame_rate", "sample_rate", "hop_length", "model_id",
-                                    "num_samples", "original_sample_rate", "format_version"}
+        assert set(data.files) >= {
+            "codes",
+            "n_q",
+            "frame_rate",
+            "sample_rate",
+            "hop_length",
+            "model_id",
+            "num_samples",
+            "original_sample_rate",
+            "format_version",
+        }
 
 
 def test_name_kept_as_given(tmp_path):

@@ -26,7 +26,11 @@ def _without_extras(c: XcodecConfig) -> XcodecConfig:
 @pytest.mark.parametrize("semantic", ["hubert", "wavlm"])
 @pytest.mark.parametrize("size", ["tiny", "full"])
 def test_round_trip_with_transformers(tmp_path, semantic, size):
-    ours = XcodecConfig.tiny(semantic) if size == "tiny" else XcodecConfig(semantic_model_config={"model_type": semantic})
+    ours = (
+        XcodecConfig.tiny(semantic)
+        if size == "tiny"
+        else XcodecConfig(semantic_model_config={"model_type": semantic})
+    )
     ours.to_json_file(tmp_path / "config.json")
     theirs = transformers.XcodecConfig.from_json_file(str(tmp_path / "config.json"))
     # transformers re-writes it; we read that back and get the same config
@@ -35,7 +39,14 @@ def test_round_trip_with_transformers(tmp_path, semantic, size):
     again = XcodecConfig.from_json_file(tmp_path / "t" / "config.json")
     assert _without_extras(again) == _without_extras(ours)
     assert again.semantic_model_config.model_type == semantic
-    for name in ("hop_length", "frame_rate", "num_quantizers", "hidden_size", "codebook_nbits", "semantic_hidden_size"):
+    for name in (
+        "hop_length",
+        "frame_rate",
+        "num_quantizers",
+        "hidden_size",
+        "codebook_nbits",
+        "semantic_hidden_size",
+    ):
         assert getattr(again, name) == getattr(theirs, name), name
     assert again.codebook_dim == theirs.codebook_dim
     assert theirs.semantic_model_config.model_type == semantic
@@ -44,7 +55,13 @@ def test_round_trip_with_transformers(tmp_path, semantic, size):
 
 def test_default_is_the_public_architecture():
     c = XcodecConfig()
-    assert (c.hop_length, c.frame_rate, c.num_quantizers, c.hidden_size, c.codebook_dim) == (320, 50, 8, 1024, 1024)
+    assert (c.hop_length, c.frame_rate, c.num_quantizers, c.hidden_size, c.codebook_dim) == (
+        320,
+        50,
+        8,
+        1024,
+        1024,
+    )
     assert c.semantic_model_config.model_type == "hubert" and c.semantic_hidden_size == 768
     assert c.acoustic_model_config.hidden_size == 256
 

@@ -13,7 +13,9 @@ from xcodec_stream import XcodecFeatureExtractor
 
 def _reference():
     transformers = pytest.importorskip("transformers")
-    return transformers.DacFeatureExtractor(feature_size=1, sampling_rate=16000, padding_value=0.0, hop_length=320)
+    return transformers.DacFeatureExtractor(
+        feature_size=1, sampling_rate=16000, padding_value=0.0, hop_length=320
+    )
 
 
 @pytest.mark.parametrize("lengths", [[16000], [16123], [5000, 16123, 320]])
@@ -54,8 +56,17 @@ def test_stereo_is_an_error(shape):
 def test_from_pretrained(tmp_path):
     assert XcodecFeatureExtractor.from_pretrained(tmp_path).hop_length == 320  # no file: defaults
     (tmp_path / "preprocessor_config.json").write_text(
-        json.dumps({"feature_extractor_type": "DacFeatureExtractor", "feature_size": 1, "hop_length": 640,
-                    "padding_side": "right", "padding_value": 0.0, "return_attention_mask": True, "sampling_rate": 16000})
+        json.dumps(
+            {
+                "feature_extractor_type": "DacFeatureExtractor",
+                "feature_size": 1,
+                "hop_length": 640,
+                "padding_side": "right",
+                "padding_value": 0.0,
+                "return_attention_mask": True,
+                "sampling_rate": 16000,
+            }
+        )
     )
     fe = XcodecFeatureExtractor.from_pretrained(tmp_path)
     assert fe.hop_length == 640 and fe.sampling_rate == 16000

@@ -46,7 +46,9 @@ def test_valid_checkpoint_loads_identically(checkpoint, tiny_model):
 def test_missing_key(checkpoint, tmp_path):
     d = _copy(checkpoint, tmp_path)
     _edit_weights(d, lambda s: s.pop("acoustic_decoder.block.1.res_unit2.conv1.bias"))
-    with pytest.raises(CheckpointError, match=r"missing keys.*acoustic_decoder\.block\.1\.res_unit2\.conv1\.bias"):
+    with pytest.raises(
+        CheckpointError, match=r"missing keys.*acoustic_decoder\.block\.1\.res_unit2\.conv1\.bias"
+    ):
         XcodecModel.from_pretrained(d)
 
 
@@ -60,7 +62,9 @@ def test_missing_codebook(checkpoint, tmp_path):
 def test_unexpected_key(checkpoint, tmp_path):
     d = _copy(checkpoint, tmp_path)
     _edit_weights(d, lambda s: s.__setitem__("semantic_model.encoder.extra_head.weight", torch.zeros(3)))
-    with pytest.raises(CheckpointError, match=r"unexpected keys.*semantic_model\.encoder\.extra_head\.weight"):
+    with pytest.raises(
+        CheckpointError, match=r"unexpected keys.*semantic_model\.encoder\.extra_head\.weight"
+    ):
         XcodecModel.from_pretrained(d)
 
 
@@ -80,8 +84,12 @@ def test_wrong_shape(checkpoint, tmp_path):
 
 def test_weight_norm_without_partner(checkpoint, tmp_path):
     d = _copy(checkpoint, tmp_path)
-    _edit_weights(d, lambda s: s.pop("semantic_model.encoder.pos_conv_embed.conv.parametrizations.weight.original0"))
-    with pytest.raises(CheckpointError, match=r"pos_conv_embed\.conv\.parametrizations\.weight\.original1.*partner"):
+    _edit_weights(
+        d, lambda s: s.pop("semantic_model.encoder.pos_conv_embed.conv.parametrizations.weight.original0")
+    )
+    with pytest.raises(
+        CheckpointError, match=r"pos_conv_embed\.conv\.parametrizations\.weight\.original1.*partner"
+    ):
         XcodecModel.from_pretrained(d)
 
 

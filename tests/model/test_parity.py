@@ -7,7 +7,13 @@ import warnings
 import pytest
 import torch
 
-from tests.model.reference import FORMS, make_transformers_model, reference_signals, save_reference, tiny_config
+from tests.model.reference import (
+    FORMS,
+    make_transformers_model,
+    reference_signals,
+    save_reference,
+    tiny_config,
+)
 from xcodec_stream import XcodecConfig, XcodecModel
 
 pytest.importorskip("transformers")
@@ -28,8 +34,14 @@ def _compare(tm, ours: XcodecModel, x: torch.Tensor, bandwidths, forward_bandwid
             ref_codes = tm.encode(x, bandwidth=bw).audio_codes
             codes = ours.encode(x, bandwidth=bw).audio_codes
             assert codes.dtype == torch.int64
-            assert codes.shape == ref_codes.shape == (x.shape[0], ours.num_quantizers_for_bandwidth(bw), codes.shape[2])
-            assert torch.equal(codes, ref_codes), f"codes differ at {bw} kbps: {(codes != ref_codes).sum()} entries"
+            assert (
+                codes.shape
+                == ref_codes.shape
+                == (x.shape[0], ours.num_quantizers_for_bandwidth(bw), codes.shape[2])
+            )
+            assert torch.equal(codes, ref_codes), (
+                f"codes differ at {bw} kbps: {(codes != ref_codes).sum()} entries"
+            )
             ref_audio = tm.decode(ref_codes).audio_values
             audio = ours.decode(codes).audio_values
             assert audio.shape == ref_audio.shape == (x.shape[0], 1, 320 * codes.shape[2])
@@ -39,7 +51,9 @@ def _compare(tm, ours: XcodecModel, x: torch.Tensor, bandwidths, forward_bandwid
                 out = ours(x, bandwidth=bw)
                 assert out.audio_values.shape == ref_out.audio_values.shape == x.shape
                 assert torch.equal(out.audio_codes, ref_out.audio_codes)
-                worst["forward"] = max(worst["forward"], float((out.audio_values - ref_out.audio_values).abs().max()))
+                worst["forward"] = max(
+                    worst["forward"], float((out.audio_values - ref_out.audio_values).abs().max())
+                )
     assert worst["decode"] <= AUDIO_TOL, worst
     assert worst["forward"] <= AUDIO_TOL, worst
     return worst
@@ -64,7 +78,9 @@ def test_tiny_parity(tmp_path, semantic, form):
     for length in (16000 + 123, 5000):
         x = reference_signals(2, length)
         worst = _compare(tm, ours, x, config.target_bandwidths)
-        print(f"{semantic}/{form}/{length}: max abs diff decode {worst['decode']:.3g} forward {worst['forward']:.3g}")
+        print(
+            f"{semantic}/{form}/{length}: max abs diff decode {worst['decode']:.3g} forward {worst['forward']:.3g}"
+        )
     assert _semantic_diff(tm, ours, reference_signals(2, 16000 + 123)) < 1e-5
 
 
@@ -123,6 +139,8 @@ def test_full_default_config_parity(tmp_path):
     ours = _load(tmp_path)
     del tm.decoder_semantic, tm.fc1  # memory
     x = reference_signals(2, 19_323)
-    worst = _compare(tm, ours, x, config.target_bandwidths, forward_bandwidths=(config.target_bandwidths[-1],))
+    worst = _compare(
+        tm, ours, x, config.target_bandwidths, forward_bandwidths=(config.target_bandwidths[-1],)
+    )
     print(f"full: max abs diff decode {worst['decode']:.3g} forward {worst['forward']:.3g}")
     assert _semantic_diff(tm, ours, x) < 1e-5

@@ -45,7 +45,9 @@ def test_both_branches_matter(tiny_model, speech_clip):
     x = torch.from_numpy(speech_clip)[None, None]
     codes = tiny_model.encode(x).audio_codes
     with torch.inference_mode():
-        e_sem = tiny_model.encode_semantic(tiny_model.semantic_features(torch.nn.functional.pad(x[:, 0], (160, 160))))
+        e_sem = tiny_model.encode_semantic(
+            tiny_model.semantic_features(torch.nn.functional.pad(x[:, 0], (160, 160)))
+        )
         e_ac = tiny_model.encode_acoustic(x, num_frames=e_sem.shape[2])
         ratio = float(e_ac.pow(2).mean().sqrt() / e_sem.pow(2).mean().sqrt())
         assert 0.2 < ratio < 5, ratio

@@ -17,7 +17,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "at the input's sample rate; with --sample-rate at that rate (length scaled accordingly).",
     )
     p.add_argument("input", type=Path, help="codes file written by `xcodec-stream encode`")
-    p.add_argument("output", type=Path, help="audio file to write (format from the extension: .wav, .flac, ...)")
+    p.add_argument(
+        "output", type=Path, help="audio file to write (format from the extension: .wav, .flac, ...)"
+    )
     p.add_argument(
         "--sample-rate",
         type=int,

@@ -123,7 +123,9 @@ def run(args: argparse.Namespace) -> int:
     with tqdm(total=2 + chunks, desc="encode", unit="step", disable=args.quiet, file=sys.stderr) as bar:
         bar.set_postfix_str("loading model")
         model = load_model(args.model, args.device, args.dtype)
-        model.config.bandwidth_to_num_quantizers(args.bandwidth)  # unsupported bandwidth: fail before the work
+        model.config.bandwidth_to_num_quantizers(
+            args.bandwidth
+        )  # unsupported bandwidth: fail before the work
         bar.update(1)
         bar.set_postfix_str("resampling")
         wave16k = resample(wave, rate, model.config.sample_rate)

@@ -30,7 +30,9 @@ class DacResidualUnit(ResidualUnit):
         super().__init__()
         pad = ((RESIDUAL_KERNEL - 1) * dilation) // 2
         self.snake1 = Snake1d(channels)
-        self.conv1 = nn.Conv1d(channels, channels, kernel_size=RESIDUAL_KERNEL, dilation=dilation, padding=pad)
+        self.conv1 = nn.Conv1d(
+            channels, channels, kernel_size=RESIDUAL_KERNEL, dilation=dilation, padding=pad
+        )
         self.snake2 = Snake1d(channels)
         self.conv2 = nn.Conv1d(channels, channels, kernel_size=1)
 

@@ -120,11 +120,15 @@ def load_codes(path: str | os.PathLike) -> CodesFile:
         raise ValueError(f"{path}: field 'model_id' must be a string")
     codes = arrays["codes"]
     if codes.dtype != np.uint16 or codes.ndim != 2:
-        raise ValueError(f"{path}: 'codes' must be a uint16 array (n_q, frames), got {codes.dtype} {codes.shape}")
+        raise ValueError(
+            f"{path}: 'codes' must be a uint16 array (n_q, frames), got {codes.dtype} {codes.shape}"
+        )
     if codes.shape[0] != ints["n_q"] or codes.shape[0] == 0:
         raise ValueError(f"{path}: 'codes' has {codes.shape[0]} rows but n_q is {ints['n_q']}")
     if codes.size and int(codes.max()) >= ints["codebook_size"]:
-        raise ValueError(f"{path}: code {int(codes.max())} is out of range for codebook_size {ints['codebook_size']}")
+        raise ValueError(
+            f"{path}: code {int(codes.max())} is out of range for codebook_size {ints['codebook_size']}"
+        )
     for key in ("frame_rate", "sample_rate", "hop_length", "codebook_size", "original_sample_rate"):
         if ints[key] <= 0:
             raise ValueError(f"{path}: field {key!r} must be positive, got {ints[key]}")

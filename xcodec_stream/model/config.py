@@ -250,7 +250,9 @@ class XcodecConfig:
         if len(self.strides) != len(self.channel_ratios):
             raise ValueError("Number of strides must match the number of channel_ratios.")
         if any(s != 1 for s in self.strides):
-            raise ValueError(f"semantic encoder strides other than 1 are not supported, got {list(self.strides)}")
+            raise ValueError(
+                f"semantic encoder strides other than 1 are not supported, got {list(self.strides)}"
+            )
         if self.codebook_dim is None:
             self.codebook_dim = self.hidden_size
         if not self.target_bandwidths:
@@ -315,7 +317,9 @@ class XcodecConfig:
                 f"unknown semantic model_type {semantic_model_type!r}; supported: {', '.join(SEMANTIC_MODEL_TYPES)}"
             )
         return cls(
-            acoustic_model_config=AcousticModelConfig(encoder_hidden_size=4, decoder_hidden_size=32, hidden_size=16),
+            acoustic_model_config=AcousticModelConfig(
+                encoder_hidden_size=4, decoder_hidden_size=32, hidden_size=16
+            ),
             semantic_model_config=SemanticModelConfig(
                 model_type=semantic_model_type,
                 hidden_size=32,

@@ -55,7 +55,9 @@ class XcodecFeatureExtractor:
         **kwargs: Any,
     ) -> None:
         if feature_size != 1:
-            raise ValueError(f"only mono audio is supported (feature_size=1), got feature_size={feature_size}")
+            raise ValueError(
+                f"only mono audio is supported (feature_size=1), got feature_size={feature_size}"
+            )
         self.feature_size = feature_size
         self.sampling_rate = int(sampling_rate)
         self.padding_value = float(padding_value)
@@ -176,7 +178,9 @@ class XcodecFeatureExtractor:
         for x in examples:
             if target is not None and len(x) < target:
                 pad = np.full(target - len(x), self.padding_value, dtype=np.float32)
-                mask = np.concatenate([np.ones(len(x), dtype=np.int32), np.zeros(target - len(x), dtype=np.int32)])
+                mask = np.concatenate(
+                    [np.ones(len(x), dtype=np.int32), np.zeros(target - len(x), dtype=np.int32)]
+                )
                 x = np.concatenate([x, pad])
             else:
                 mask = np.ones(len(x), dtype=np.int32)
@@ -239,9 +243,7 @@ def _as_examples(raw_audio: Any) -> list[np.ndarray]:
     for i, item in enumerate(items):
         x = _to_numpy(item)
         if x.ndim == 2 and 1 in x.shape:
-            raise ValueError(
-                f"example {i} has shape {x.shape}: pass mono audio as a 1-D array of samples"
-            )
+            raise ValueError(f"example {i} has shape {x.shape}: pass mono audio as a 1-D array of samples")
         if x.ndim == 2:
             raise ValueError(
                 f"example {i} has shape {x.shape}: expected mono audio (a 1-D array), got "
@@ -266,8 +268,11 @@ def _hub_file(repo_id: str, filename: str) -> Path | None:
     try:
         return Path(hf_hub_download(repo_id, filename))
     except LocalEntryNotFoundError:
-        logger.warning("%s of %r is not in the local cache and the hub cannot be reached: using defaults",
-                       filename, repo_id)
+        logger.warning(
+            "%s of %r is not in the local cache and the hub cannot be reached: using defaults",
+            filename,
+            repo_id,
+        )
         return None
     except EntryNotFoundError:
         return None

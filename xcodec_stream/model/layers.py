@@ -7,8 +7,18 @@ from torch import nn
 
 
 def snake(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    """x + 1/(alpha + 1e-9) * sin(alpha * x)^2, with transformers' op order (same rounding)."""
-    return x + (alpha + 1e-9).reciprocal() * torch.sin(alpha * x).pow(2)
+    """x + 1/(alpha + 1e-9) * sin(alpha * x)^2.
+
+    The same elementwise ops as transformers (so bit-identical results: only commutative operands are
+    swapped), done in place on one temporary: half the memory traffic of the out-of-place expression,
+    which matters because Snake runs on every sample of every channel of the DAC (about half of the
+    decoder's time). A fused `addcmul` would be faster still but rounds differently.
+    """
+    y = torch.mul(x, alpha)
+    y.sin_()
+    y.pow_(2)
+    y.mul_((alpha + 1e-9).reciprocal())
+    return y.add_(x)
 
 
 class Snake1d(nn.Module):
@@ -33,7 +43,7 @@ class ResidualUnit(nn.Module):
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x + self.branch(x)
+        return self.branch(x).add_(x)  # == x + branch(x), bit for bit, without another buffer
 
 
 def fold_weight_norm(weight_g: torch.Tensor, weight_v: torch.Tensor, dim: int) -> torch.Tensor:

@@ -88,7 +88,9 @@ def resolve_checkpoint_dir(id_or_dir: str | os.PathLike) -> Path:
     if path.is_dir():
         return path
     if path.exists():
-        raise NotADirectoryError(f"{path} is a file; pass the checkpoint directory (config.json + model.safetensors)")
+        raise NotADirectoryError(
+            f"{path} is a file; pass the checkpoint directory (config.json + model.safetensors)"
+        )
     looks_local = isinstance(id_or_dir, Path) or name.startswith((".", "/", "~")) or not _HUB_ID.match(name)
     if looks_local:
         raise FileNotFoundError(f"checkpoint directory not found: {path}")
@@ -102,7 +104,13 @@ def _snapshot(repo_id: str) -> Path:
         return Path(
             snapshot_download(
                 repo_id,
-                allow_patterns=[CONFIG_NAME, WEIGHTS_NAME, WEIGHTS_INDEX_NAME, "model-*.safetensors", "preprocessor_config.json"],
+                allow_patterns=[
+                    CONFIG_NAME,
+                    WEIGHTS_NAME,
+                    WEIGHTS_INDEX_NAME,
+                    "model-*.safetensors",
+                    "preprocessor_config.json",
+                ],
             )
         )
     except Exception as exc:  # offline, unknown repo, network: one clear line
@@ -168,11 +176,15 @@ def read_checkpoint(files: list[Path], config: XcodecConfig) -> dict[str, torch.
     for base, parts in wn.items():
         if "g" not in parts or "v" not in parts:
             have = next(iter(parts.values()))[0]
-            raise CheckpointError(f"weight-norm key {have!r} has no partner (needs both the g and the v tensor)")
+            raise CheckpointError(
+                f"weight-norm key {have!r} has no partner (needs both the g and the v tensor)"
+            )
         if base + ".weight" in plain:
             raise CheckpointError(f"{base}: checkpoint has both a plain weight and a weight-norm pair")
         try:
-            plain[base + ".weight"] = fold_weight_norm(parts["g"][1], parts["v"][1], _WEIGHT_NORM_DIM.get(base, 0))
+            plain[base + ".weight"] = fold_weight_norm(
+                parts["g"][1], parts["v"][1], _WEIGHT_NORM_DIM.get(base, 0)
+            )
         except ValueError as exc:
             raise CheckpointError(f"{base}: {exc}") from None
     if codebooks:
@@ -187,7 +199,8 @@ def read_checkpoint(files: list[Path], config: XcodecConfig) -> dict[str, torch.
         missing = [i for i in range(n_q) if i not in codebooks]
         if missing:
             raise CheckpointError(
-                "missing keys in checkpoint: " + _listing(f"quantizer.quantizers.{i}.codebook.embed" for i in missing)
+                "missing keys in checkpoint: "
+                + _listing(f"quantizer.quantizers.{i}.codebook.embed" for i in missing)
             )
         expected = (config.codebook_size, config.codebook_dim)
         for i, t in sorted(codebooks.items()):
@@ -248,7 +261,9 @@ def load_model_from_dir(
 
 
 def from_pretrained(
-    id_or_dir: str | os.PathLike, dtype: torch.dtype | str | None = None, device: torch.device | str | None = None
+    id_or_dir: str | os.PathLike,
+    dtype: torch.dtype | str | None = None,
+    device: torch.device | str | None = None,
 ):
     """Hub id, local directory, or `random:tiny` / `random:full` (and `-wavlm` variants)."""
     dtype = parse_dtype(dtype)

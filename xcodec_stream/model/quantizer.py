@@ -53,7 +53,9 @@ class ResidualVectorQuantizer(nn.Module):
         Codes are not range-checked here (no device sync): `XcodecModel.decode` checks them.
         """
         if codes.dim() != 3:
-            raise ValueError(f"codes must have shape (batch, num_quantizers, frames), got {tuple(codes.shape)}")
+            raise ValueError(
+                f"codes must have shape (batch, num_quantizers, frames), got {tuple(codes.shape)}"
+            )
         n_q = codes.shape[1]
         if n_q > self.num_quantizers:
             raise ValueError(f"codes have {n_q} quantizers, this model has {self.num_quantizers}")

@@ -164,7 +164,9 @@ def init_weights(model: XcodecModel, gen: torch.Generator) -> None:
 
 
 # ---- calibration -----------------------------------------------------------------------------------------
-def calibration_signal(seconds: float = CALIBRATION_SECONDS, sample_rate: int = 16000, seed: int = SEED) -> np.ndarray:
+def calibration_signal(
+    seconds: float = CALIBRATION_SECONDS, sample_rate: int = 16000, seed: int = SEED
+) -> np.ndarray:
     """A deterministic speech-like signal: voiced segments (glottal pulses through moving formants),
     fricatives (shaped noise) and pauses, with syllable-like envelopes. float32, peak 0.5."""
     rng = np.random.default_rng(seed)
@@ -182,7 +184,10 @@ def calibration_signal(seconds: float = CALIBRATION_SECONDS, sample_rate: int = 
             formants = [rng.uniform(280, 900), rng.uniform(850, 2400), rng.uniform(2200, 3300)]
             bands = rng.uniform(60, 160, size=3)
             gains = [1.0, rng.uniform(0.3, 0.8), rng.uniform(0.1, 0.4)]
-            ir = sum(g * np.exp(-np.pi * b * ir_t) * np.sin(2 * np.pi * f * ir_t) for f, b, g in zip(formants, bands, gains, strict=True))
+            ir = sum(
+                g * np.exp(-np.pi * b * ir_t) * np.sin(2 * np.pi * f * ir_t)
+                for f, b, g in zip(formants, bands, gains, strict=True)
+            )
             sig = np.zeros(seg + ir_len)
             pos = 0.0
             while pos < seg:

@@ -41,7 +41,14 @@ class ConvLayer(nn.Module):
     """One layer of the waveform feature encoder: conv (no padding), optional norm, activation."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, kernel_size: int, stride: int, bias: bool, norm: str | None, act: str
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int,
+        stride: int,
+        bias: bool,
+        norm: str | None,
+        act: str,
     ) -> None:
         super().__init__()
         self.conv = nn.Conv1d(in_channels, out_channels, kernel_size=kernel_size, stride=stride, bias=bias)
@@ -69,7 +76,9 @@ class FeatureEncoder(nn.Module):
         super().__init__()
         layers = []
         in_ch = 1
-        for i, (dim, k, s) in enumerate(zip(config.conv_dim, config.conv_kernel, config.conv_stride, strict=True)):
+        for i, (dim, k, s) in enumerate(
+            zip(config.conv_dim, config.conv_kernel, config.conv_stride, strict=True)
+        ):
             if config.feat_extract_norm == "group":
                 norm = "group" if i == 0 else None
             else:
@@ -106,7 +115,9 @@ class PositionalConvEmbedding(nn.Module):
 
     def __init__(self, hidden_size: int, kernel_size: int, groups: int, act: str) -> None:
         super().__init__()
-        self.conv = nn.Conv1d(hidden_size, hidden_size, kernel_size=kernel_size, padding=kernel_size // 2, groups=groups)
+        self.conv = nn.Conv1d(
+            hidden_size, hidden_size, kernel_size=kernel_size, padding=kernel_size // 2, groups=groups
+        )
         self.num_pad_remove = 1 if kernel_size % 2 == 0 else 0
         self.activation = activation(act)
 
@@ -261,7 +272,10 @@ class Encoder(nn.Module):
         )
         self.layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.layers = nn.ModuleList(
-            [EncoderLayer(config, has_relative_position_bias=config.is_wavlm and i == 0) for i in range(config.num_hidden_layers)]
+            [
+                EncoderLayer(config, has_relative_position_bias=config.is_wavlm and i == 0)
+                for i in range(config.num_hidden_layers)
+            ]
         )
 
     def position_bias(self, length: int) -> torch.Tensor | None:

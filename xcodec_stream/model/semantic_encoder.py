@@ -17,7 +17,9 @@ class SemanticResidualUnit(ResidualUnit):
         super().__init__()
         self.activation = nn.ELU()
         padding = ((kernel_size - 1) // 2) * dilation
-        self.conv1 = nn.Conv1d(channels, channels, kernel_size, padding=padding, dilation=dilation, bias=False)
+        self.conv1 = nn.Conv1d(
+            channels, channels, kernel_size, padding=padding, dilation=dilation, bias=False
+        )
         self.conv2 = nn.Conv1d(channels, channels, kernel_size=1, bias=False)
 
     def branch(self, x: torch.Tensor) -> torch.Tensor:
@@ -28,7 +30,12 @@ class SemanticEncoderBlock(nn.Module):
     """Residual units (one per dilation), then conv k3 stride 1 (with bias) to `out_channels`."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, unit_kernel_size: int, dilations: Sequence[int], stride: int = 1
+        self,
+        in_channels: int,
+        out_channels: int,
+        unit_kernel_size: int,
+        dilations: Sequence[int],
+        stride: int = 1,
     ) -> None:
         super().__init__()
         self.res_units = nn.ModuleList(

@@ -56,7 +56,9 @@ class XcodecModel(nn.Module):
         self.config = config
         self.pad = config.hop_length // 2
         ac = config.acoustic_model_config
-        self.acoustic_encoder = AcousticEncoder(ac.encoder_hidden_size, ac.downsampling_ratios, ac.hidden_size)
+        self.acoustic_encoder = AcousticEncoder(
+            ac.encoder_hidden_size, ac.downsampling_ratios, ac.hidden_size
+        )
         self.acoustic_decoder = AcousticDecoder(ac.hidden_size, ac.decoder_hidden_size, ac.upsampling_ratios)
         self.encoder_semantic = SemanticEncoder(
             config.semantic_hidden_size,
@@ -69,7 +71,9 @@ class XcodecModel(nn.Module):
         self.semantic_model = SemanticModel(config.semantic_model_config)
         self.fc = nn.Linear(config.hidden_size, config.hidden_size)
         self.fc2 = nn.Linear(config.hidden_size, ac.hidden_size)
-        self.quantizer = ResidualVectorQuantizer(config.num_quantizers, config.codebook_size, config.codebook_dim)
+        self.quantizer = ResidualVectorQuantizer(
+            config.num_quantizers, config.codebook_size, config.codebook_dim
+        )
         self.eval()
         self.requires_grad_(False)
 
@@ -128,7 +132,10 @@ class XcodecModel(nn.Module):
     def encode_acoustic(self, input_values: torch.Tensor, num_frames: int | None = None) -> torch.Tensor:
         """(B, 1, T) -> (B, hidden, F). With `num_frames` (the semantic frame count), the input is padded by
         hop/2 on each side when the plain encoder would give another count, as transformers does."""
-        if num_frames is not None and self.acoustic_encoder.output_length(input_values.shape[-1]) != num_frames:
+        if (
+            num_frames is not None
+            and self.acoustic_encoder.output_length(input_values.shape[-1]) != num_frames
+        ):
             input_values = F.pad(input_values, (self.pad, self.pad))
         return self.acoustic_encoder(input_values)
 
@@ -170,9 +177,13 @@ class XcodecModel(nn.Module):
     # ---- public API ---------------------------------------------------------------------------------
     def _check_input(self, input_values: torch.Tensor) -> torch.Tensor:
         if not isinstance(input_values, torch.Tensor):
-            raise TypeError(f"input_values must be a torch.Tensor (B, 1, T), got {type(input_values).__name__}")
+            raise TypeError(
+                f"input_values must be a torch.Tensor (B, 1, T), got {type(input_values).__name__}"
+            )
         if input_values.dim() != 3:
-            raise ValueError(f"input_values must have shape (batch, 1, samples), got {tuple(input_values.shape)}")
+            raise ValueError(
+                f"input_values must have shape (batch, 1, samples), got {tuple(input_values.shape)}"
+            )
         if input_values.shape[1] != 1:
             raise ValueError(f"Audio must be mono, but got {input_values.shape[1]} channels")
         if input_values.shape[-1] == 0:
@@ -196,14 +207,18 @@ class XcodecModel(nn.Module):
         if not isinstance(audio_codes, torch.Tensor):
             audio_codes = torch.as_tensor(audio_codes)
         if audio_codes.dim() != 3:
-            raise ValueError(f"audio_codes must have shape (batch, num_quantizers, frames), got {tuple(audio_codes.shape)}")
+            raise ValueError(
+                f"audio_codes must have shape (batch, num_quantizers, frames), got {tuple(audio_codes.shape)}"
+            )
         if audio_codes.dtype.is_floating_point or audio_codes.dtype == torch.bool:
             raise ValueError(f"audio_codes must be integers, got {audio_codes.dtype}")
         if not 1 <= audio_codes.shape[1] <= self.config.num_quantizers:
             raise ValueError(
                 f"audio_codes has {audio_codes.shape[1]} quantizers; this model has 1..{self.config.num_quantizers}"
             )
-        if audio_codes.numel() and (int(audio_codes.min()) < 0 or int(audio_codes.max()) >= self.config.codebook_size):
+        if audio_codes.numel() and (
+            int(audio_codes.min()) < 0 or int(audio_codes.max()) >= self.config.codebook_size
+        ):
             raise ValueError(f"audio_codes must be in 0..{self.config.codebook_size - 1}")
         codes = audio_codes.to(device=self.device, dtype=torch.long)
         return XcodecDecoderOutput(audio_values=self.decode_latent(self.dequantize(codes)))

@@ -1,0 +1,240 @@
+"""Offline encode/decode time of our model against transformers' XcodecModel, same weights and threads.
+
+Both models load the same checkpoint directory (ours written by `save_pretrained`, read by both). Reps
+alternate between the two models so that a machine whose load changes during the run penalises both
+alike; medians are reported. Peak RSS is measured in separate processes (one model each). bf16 on CPU is
+measured for ours, with its precision cost (code agreement with fp32, SNR of the decode).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+
+import numpy as np
+import torch
+
+from xcodec_stream.bench.report import machine, markdown_table, today, write_section
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--seconds", type=float, default=10.0, help="audio length in seconds (default 10)")
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads for both models (default 2)")
+    p.add_argument(
+        "--model", default="random:full", help="checkpoint: random:full (default), hub id or directory"
+    )
+    p.add_argument(
+        "--reps", type=int, default=3, help="timed repetitions per measurement (median; default 3)"
+    )
+    p.add_argument("--no-transformers", action="store_true", help="time ours only")
+    p.add_argument("--no-bf16", action="store_true", help="skip the bf16 measurement")
+    p.add_argument("--no-rss", action="store_true", help="skip the peak-memory subprocesses")
+    p.add_argument("--output", default="docs/BENCHMARKS.md", help="markdown file to update ('' to not write)")
+    p.add_argument("--rss-child", choices=["ours", "transformers"], help=argparse.SUPPRESS)
+    p.add_argument("--checkpoint", help=argparse.SUPPRESS)
+
+
+def _signal(seconds: float) -> torch.Tensor:
+    from xcodec_stream.model.random_init import calibration_signal
+
+    n = int(round(seconds * 16000 / 320)) * 320
+    return torch.from_numpy(calibration_signal(seconds=n / 16000, seed=1))[None, None]
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def _load_ours(path: str, dtype=None):
+    from xcodec_stream.model.xcodec import XcodecModel
+
+    return XcodecModel.from_pretrained(path, dtype=dtype)
+
+
+def _load_transformers(path: str):
+    import transformers
+
+    transformers.logging.set_verbosity_error()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return transformers.XcodecModel.from_pretrained(path).eval()
+
+
+def _rss_child(args: argparse.Namespace) -> int:
+    """One model, one warm-up + one encode + decode; prints peak RSS in MiB."""
+    torch.set_num_threads(args.threads)
+    x = _signal(args.seconds)
+    model = _load_ours(args.checkpoint) if args.rss_child == "ours" else _load_transformers(args.checkpoint)
+    with torch.inference_mode():
+        codes = model.encode(x).audio_codes
+        model.decode(codes)
+    print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    return 0
+
+
+def _peak_rss(which: str, checkpoint: str, args: argparse.Namespace) -> float | None:
+    cmd = [
+        sys.executable,
+        "-m",
+        "xcodec_stream.cli.main",
+        "bench",
+        "offline",
+        "--rss-child",
+        which,
+        "--checkpoint",
+        checkpoint,
+        "--seconds",
+        str(args.seconds),
+        "--threads",
+        str(args.threads),
+    ]
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
+    for line in reversed(proc.stdout.strip().splitlines()):
+        try:
+            return float(json.loads(line)["peak_rss_mib"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    print(f"peak RSS child {which} failed: {proc.stderr.strip()[-500:]}", file=sys.stderr)
+    return None
+
+
+def _snr_db(ref: torch.Tensor, test: torch.Tensor) -> float:
+    noise = (ref.double() - test.double()).pow(2).sum()
+    return float(10 * torch.log10(ref.double().pow(2).sum() / noise.clamp_min(1e-30)))
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.rss_child:
+        return _rss_child(args)
+    torch.set_num_threads(args.threads)
+    x = _signal(args.seconds)
+    seconds = x.shape[-1] / 16000
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        source = _load_ours(args.model)
+    tmp = tempfile.TemporaryDirectory(prefix="xcodec-bench-")
+    checkpoint = tmp.name
+    source.save_pretrained(checkpoint)
+    del source
+    ours = _load_ours(checkpoint)
+    theirs = None
+    if not args.no_transformers:
+        try:
+            theirs = _load_transformers(checkpoint)
+        except ImportError:
+            print("transformers is not installed: timing ours only", file=sys.stderr)
+
+    models = {"ours": ours} if theirs is None else {"ours": ours, "transformers": theirs}
+    times: dict[str, dict[str, list[float]]] = {name: {} for name in models}
+
+    def semantic(m):
+        if m is ours:
+            return m.semantic_features(torch.nn.functional.pad(x[:, 0], (160, 160)))
+        return m._extract_semantic_features(x)
+
+    codes = {}
+    with torch.inference_mode():
+        for name, m in models.items():  # warm-up
+            codes[name] = m.encode(x).audio_codes
+            m.decode(codes[name])
+        for _ in range(args.reps):
+            for name, m in models.items():
+                t = times[name]
+                t.setdefault("encode", []).append(_timed(lambda m=m: m.encode(x)))
+                t.setdefault("semantic", []).append(_timed(lambda m=m: semantic(m)))
+                t.setdefault("acoustic encoder", []).append(_timed(lambda m=m: m.acoustic_encoder(x)))
+                t.setdefault("decode", []).append(_timed(lambda m=m, name=name: m.decode(codes[name])))
+        ref_audio = ours.decode(codes["ours"]).audio_values
+    agree = None if theirs is None else float((codes["ours"] == codes["transformers"]).float().mean())
+    med = {name: {k: statistics.median(v) for k, v in t.items()} for name, t in times.items()}
+
+    bf16 = None
+    if not args.no_bf16:
+        ours16 = _load_ours(checkpoint, dtype=torch.bfloat16)
+        with torch.inference_mode():
+            c16 = ours16.encode(x).audio_codes
+            ours16.decode(c16)
+            enc16 = statistics.median(_timed(lambda: ours16.encode(x)) for _ in range(args.reps))
+            dec16 = statistics.median(_timed(lambda: ours16.decode(codes["ours"])) for _ in range(args.reps))
+            audio16 = ours16.decode(codes["ours"]).audio_values.float()
+        per_q = (c16 == codes["ours"]).float().mean(dim=(0, 2))
+        bf16 = {
+            "encode": enc16,
+            "decode": dec16,
+            "agree_q0": float(per_q[0]),
+            "agree_all": float(per_q.mean()),
+            "snr": _snr_db(ref_audio, audio16),
+        }
+        del ours16
+
+    rss = {}
+    if not args.no_rss:
+        for name in models:
+            rss[name] = _peak_rss(name, checkpoint, args)
+    tmp.cleanup()
+
+    rows = []
+    for step in ("encode", "semantic", "acoustic encoder", "decode"):
+        row: list[object] = [step, med["ours"][step], med["ours"][step] / seconds]
+        if theirs is not None:
+            ratio = med["transformers"][step] / med["ours"][step]
+            row += [med["transformers"][step], f"{ratio:.2f}x"]
+        rows.append(row)
+    headers = ["step", "ours (s)", "ours RTF"]
+    if theirs is not None:
+        headers += ["transformers (s)", "speed-up"]
+    body = [
+        f"### Offline encode/decode ({today()})",
+        "",
+        f"`xcodec-stream bench offline --seconds {args.seconds:g} --threads {args.threads} --model {args.model}`: "
+        f"{seconds:.2f} s of 16 kHz audio, batch 1, fp32, median of {args.reps} (reps alternate between the "
+        f"models). Machine: {machine()}.",
+        "",
+        markdown_table(headers, rows),
+        "",
+        "`semantic` = HuBERT/WavLM with the mean of its hidden states; `acoustic encoder` = DAC encoder; both are "
+        "parts of `encode`. `decode` is almost all DAC decoder. RTF = seconds of compute per second of audio.",
+    ]
+    if agree is not None:
+        body.append(f"Codes of ours vs transformers on this signal: {100 * agree:.2f} % identical.")
+    if rss:
+        body.append(
+            "Peak RSS (separate process: load + one encode + decode): "
+            + ", ".join(f"{k} {v:.0f} MiB" for k, v in rss.items() if v is not None)
+            + "."
+        )
+    if bf16 is not None:
+        body += [
+            "",
+            f"bf16 on this CPU (ours): encode {bf16['encode']:.2f} s, decode {bf16['decode']:.2f} s "
+            f"(fp32: {med['ours']['encode']:.2f} s / {med['ours']['decode']:.2f} s); codes identical to fp32: "
+            f"{100 * bf16['agree_q0']:.1f} % (quantizer 0), {100 * bf16['agree_all']:.1f} % (all 8); "
+            f"SNR of the bf16 decode against fp32 on the same codes: {bf16['snr']:.1f} dB.",
+        ]
+    text = "\n".join(body)
+    print(text)
+    if args.output:
+        write_section("offline", text, args.output)
+    return 0
+
+
+def main() -> int:  # python -m xcodec_stream.bench.offline
+    p = argparse.ArgumentParser(description=__doc__)
+    add_arguments(p)
+    return run(p.parse_args())
+
+
+if __name__ == "__main__":
+    np.seterr(all="ignore")
+    sys.exit(main())
