@@ -72,3 +72,12 @@ def test_calibration_signal_is_deterministic_speech_like():
 def test_unknown_random_name():
     with pytest.raises(ValueError, match=r"unknown random model 'random:huge'.*random:tiny"):
         XcodecModel.from_pretrained("random:huge")
+
+
+def test_outputs_read_like_model_output(tiny_model):
+    x = torch.zeros(1, 1, 3200)
+    enc = tiny_model.encode(x)
+    assert enc[0] is enc.audio_codes is enc["audio_codes"]
+    out = tiny_model(x)
+    codes, audio = out
+    assert codes is out.audio_codes and audio.shape == x.shape

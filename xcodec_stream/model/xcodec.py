@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -22,20 +22,33 @@ if TYPE_CHECKING:  # the streaming engine imports the model; import it back lazi
     from xcodec_stream.streaming.encoder import StreamingEncoder
 
 
+class _Output:
+    """Outputs read like transformers' ModelOutput: `out.audio_codes`, `out["audio_codes"]` or `out[0]`."""
+
+    def to_tuple(self) -> tuple:
+        return tuple(getattr(self, f.name) for f in fields(self))  # type: ignore[arg-type]
+
+    def __getitem__(self, key: int | str):
+        return getattr(self, key) if isinstance(key, str) else self.to_tuple()[key]
+
+    def __iter__(self):
+        return iter(self.to_tuple())
+
+
 @dataclass
-class XcodecEncoderOutput:
+class XcodecEncoderOutput(_Output):
     audio_codes: torch.Tensor
     """(B, n_q, F) int64."""
 
 
 @dataclass
-class XcodecDecoderOutput:
+class XcodecDecoderOutput(_Output):
     audio_values: torch.Tensor
     """(B, 1, hop * F)."""
 
 
 @dataclass
-class XcodecOutput:
+class XcodecOutput(_Output):
     audio_codes: torch.Tensor
     """(B, n_q, F) int64."""
     audio_values: torch.Tensor
@@ -54,6 +67,7 @@ class XcodecModel(nn.Module):
     def __init__(self, config: XcodecConfig) -> None:
         super().__init__()
         self.config = config
+        self.name_or_path: str | None = None  # set by from_pretrained
         self.pad = config.hop_length // 2
         ac = config.acoustic_model_config
         self.acoustic_encoder = AcousticEncoder(
