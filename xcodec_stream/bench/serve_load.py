@@ -1,0 +1,253 @@
+"""Server load: N concurrent real-time loopback clients against a daemon in another process; largest real-time N."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+
+from .report import machine, markdown_table, today, write_section
+
+CLIP = Path(__file__).resolve().parents[2] / "tests" / "data" / "codec2_speech_orig_16k.wav"
+# A run is real time when every chunk is consumed soon after it is sent and nothing is lost.
+MAX_P99_PROCESSING_MS = 300.0
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="random:full", help="model the daemon serves (default random:full)")
+    p.add_argument("--clients", default="1,2,4,8", help="comma-separated numbers of concurrent clients")
+    p.add_argument("--seconds", type=float, default=10.0, help="audio each client streams, in real time")
+    p.add_argument("--chunk-ms", type=float, default=20.0, help="audio per message (default 20 ms)")
+    p.add_argument("--latency", default="balanced", help="latency preset of every session")
+    p.add_argument("--device", default="cpu", help="daemon device: cpu, cuda, auto")
+    p.add_argument("--threads", type=int, default=2, help="torch threads in the daemon (default 2)")
+    p.add_argument(
+        "--batch-wait-ms", type=float, default=10.0, help="daemon [worker] batch_wait_ms (default 10)"
+    )
+    p.add_argument("--keep-going", action="store_true", help="run every N even after one fails real time")
+    p.add_argument(
+        "--no-write", action="store_true", help="print the table only; leave docs/BENCHMARKS.md alone"
+    )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _health(port: int) -> dict | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+            return json.loads(r.read())
+    except OSError:
+        return None
+
+
+def start_daemon(args: argparse.Namespace, max_sessions: int) -> tuple[subprocess.Popen, int, Path]:
+    port = _free_port()
+    cfg = Path(tempfile.mkdtemp(prefix="xcodec-bench-")) / "bench.toml"
+    cfg.write_text(
+        f"[server]\nmax_sessions = {max_sessions}\nidle_timeout_s = 120.0\n"
+        f'[stream]\npresets = ["{args.latency}"]\ndefault_latency = "{args.latency}"\n'
+        f"[worker]\ntorch_threads = {args.threads}\nbatch_wait_ms = {args.batch_wait_ms}\n"
+        '[log]\nlevel = "warning"\n'
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "xcodec_stream.cli.main",
+        "serve",
+        "--config",
+        str(cfg),
+        "--model",
+        args.model,
+    ]
+    cmd += ["--port", str(port), "--device", args.device]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    t0 = time.monotonic()
+    while _health(port) is None:
+        if proc.poll() is not None:
+            raise RuntimeError(f"daemon exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
+        if time.monotonic() - t0 > 600:
+            proc.kill()
+            raise RuntimeError("daemon did not come up within 600 s")
+        time.sleep(0.5)
+    return proc, port, cfg
+
+
+async def _one_client(url: str, x: np.ndarray, chunk_ms: float, latency: str) -> dict:
+    from xcodec_stream.clients.client import Client, stream
+
+    client = await Client.connect(url, mode="loopback", latency=latency)
+    try:
+        r = await stream(client, x, chunk_ms=chunk_ms, realtime=True)
+    finally:
+        await client.close()
+    return {
+        "processing": r.latency.processing_ms,
+        "end_to_end": r.latency.end_to_end_ms,
+        "dropped": int(r.done.get("dropped", 0)),
+        "complete": r.done.get("samples_out") == x.size and r.audio.size == x.size,
+        "algorithmic": r.ready["algorithmic_latency_ms"],
+    }
+
+
+async def run_level(port: int, n: int, x: np.ndarray, chunk_ms: float, latency: str, pid: int) -> dict:
+    url = f"ws://127.0.0.1:{port}"
+    cpu0, t0 = _cpu_seconds(pid), time.monotonic()
+
+    # stagger starts over one chunk so that the clients do not all send at the same instant
+    async def delayed(i: int) -> dict:
+        await asyncio.sleep(i * chunk_ms / 1000.0 / max(n, 1))
+        return await _one_client(url, x, chunk_ms, latency)
+
+    results = await asyncio.gather(*(delayed(i) for i in range(n)))
+    wall = time.monotonic() - t0
+    cpu = _cpu_seconds(pid) - cpu0
+    proc = np.concatenate([r["processing"] for r in results])
+    e2e = np.concatenate([r["end_to_end"] for r in results])
+    health = _health(port) or {}
+    row = {
+        "n": n,
+        "proc_p50": float(np.percentile(proc, 50)),
+        "proc_p99": float(np.percentile(proc, 99)),
+        "e2e_p50": float(np.percentile(e2e, 50)),
+        "e2e_p95": float(np.percentile(e2e, 95)),
+        "e2e_p99": float(np.percentile(e2e, 99)),
+        "dropped": sum(r["dropped"] for r in results),
+        "complete": all(r["complete"] for r in results),
+        "cpu_pct": 100.0 * cpu / wall,
+        "algorithmic": results[0]["algorithmic"],
+        "max_tick_ms": health.get("worker", {}).get("max_tick_ms", float("nan")),
+    }
+    row["realtime"] = row["complete"] and row["dropped"] == 0 and row["proc_p99"] <= MAX_P99_PROCESSING_MS
+    return row
+
+
+def run(args: argparse.Namespace) -> int:
+    import soundfile as sf
+
+    levels = sorted({int(v) for v in args.clients.split(",") if v.strip()})
+    if not levels or levels[0] < 1:
+        raise ValueError("--clients must list positive integers, e.g. 1,2,4,8")
+    clip, rate = sf.read(CLIP, dtype="float32")
+    n_samples = int(args.seconds * rate)
+    x = np.resize(clip, n_samples).astype(np.float32)
+    load_before = os.getloadavg()[0]
+    proc, port, cfg = start_daemon(args, max(levels))
+    rows: list[dict] = []
+    try:
+        health = _health(port) or {}
+        asyncio.run(run_level(port, 1, x[: int(rate)], args.chunk_ms, args.latency, proc.pid))  # warm-up, 1 s
+        for n in levels:
+            row = asyncio.run(run_level(port, n, x, args.chunk_ms, args.latency, proc.pid))
+            rows.append(row)
+            print(
+                f"N={n}: real time {'yes' if row['realtime'] else 'NO'}, processing p50 {row['proc_p50']:.0f} / "
+                f"p99 {row['proc_p99']:.0f} ms, end to end p50 {row['e2e_p50']:.0f} / p99 {row['e2e_p99']:.0f} ms, "
+                f"dropped {row['dropped']}, server CPU {row['cpu_pct']:.0f}%",
+                file=sys.stderr,
+            )
+            if not row["realtime"] and not args.keep_going:
+                break
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        cfg.unlink(missing_ok=True)
+    base = rows[0]
+    held = [r["n"] for r in rows if r["realtime"]]
+    table = markdown_table(
+        [
+            "clients",
+            "real time",
+            "processing p50 ms",
+            "processing p99 ms",
+            "end-to-end p50 ms",
+            "end-to-end p95 ms",
+            "end-to-end p99 ms",
+            "p99 e2e / N=1",
+            "dropped msgs",
+            "server CPU %",
+            "longest step ms",
+        ],
+        [
+            [
+                r["n"],
+                "yes" if r["realtime"] else "**no**",
+                r["proc_p50"],
+                r["proc_p99"],
+                r["e2e_p50"],
+                r["e2e_p95"],
+                r["e2e_p99"],
+                r["e2e_p99"] / base["e2e_p99"],
+                r["dropped"],
+                r["cpu_pct"],
+                r["max_tick_ms"],
+            ]
+            for r in rows
+        ],
+    )
+    command = "xcodec-stream bench serve-load " + " ".join(
+        f"--{k.replace('_', '-')} {v}"
+        for k, v in (
+            ("model", args.model),
+            ("clients", args.clients),
+            ("seconds", args.seconds),
+            ("chunk_ms", args.chunk_ms),
+            ("latency", args.latency),
+            ("device", args.device),
+            ("threads", args.threads),
+            ("batch_wait_ms", args.batch_wait_ms),
+        )
+    )
+    body = "\n".join(
+        [
+            f"## Server load: concurrent real-time loopback clients ({args.model}, {args.device})",
+            "",
+            f"- Machine: {machine()} (daemon: {args.threads} torch threads; device reported by the daemon: "
+            f"{health.get('device', '?')})",
+            f"- Date: {today()}; load average before the run: {load_before:.1f} on {os.cpu_count()} CPUs "
+            "(other jobs share the machine when it is above 0)",
+            f"- Command: `{command}`",
+            f"- Each client streams {args.seconds:g} s of speech in {args.chunk_ms:g} ms chunks in real time (16 kHz, "
+            f"loopback, preset `{args.latency}`, algorithmic latency {base['algorithmic']:.0f} ms), from one process; "
+            "the daemon runs in another. Processing = chunk sent -> consumed by the codec (acknowledged); "
+            "end to end = chunk sent -> its last sample back (includes the algorithmic latency).",
+            "- Server CPU % = the daemon's CPU time / wall time (100 % = one core busy).",
+            f"- Real time = complete output, nothing dropped, processing p99 <= {MAX_P99_PROCESSING_MS:.0f} ms. "
+            f"Baseline for the ratio: N=1 in the same run.",
+            f"- **Largest N in real time: {max(held) if held else 'none (not even one stream)'}**",
+            "",
+            table,
+        ]
+    )
+    print(body)
+    if not args.no_write:
+        default = args.model == "random:full" and args.device == "cpu"
+        name = (
+            "serve-load"
+            if default
+            else f"serve-load-{args.model.replace(':', '-').replace('/', '-')}-{args.device}"
+        )
+        path = write_section(name, body)
+        print(f"wrote {path}", file=sys.stderr)
+    return 0

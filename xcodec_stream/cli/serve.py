@@ -1,0 +1,143 @@
+"""`xcodec-stream serve`: load the model once and run the WebSocket daemon (config file, flags override it)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+import warnings
+from pathlib import Path
+
+log = logging.getLogger("xcodec_stream.serve")
+
+FALLBACK_MODEL = "random:full"
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="run the streaming WebSocket daemon",
+        description="Serve X-Codec streaming over WebSocket (protocol: docs/PROTOCOL.md). Options come from "
+        "the --config file; flags given here override it.",
+    )
+    p.add_argument("--config", type=Path, default=None, help="TOML config file, e.g. configs/default.toml")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="hub id, local checkpoint directory, or random:tiny / random:full "
+        "(default: hf-audio/xcodec-hubert-librispeech)",
+    )
+    p.add_argument("--host", default=None, help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=None, help="TCP port (default 8765; 0 picks a free one)")
+    p.add_argument("--device", default=None, help="auto (default: cuda if available), cpu, cuda or cuda:N")
+    p.add_argument("--dtype", default=None, help="model weights dtype: float32 (default), bfloat16, float16")
+    p.add_argument(
+        "--max-sessions", type=int, default=None, help="sessions admitted at once (more get server_full)"
+    )
+    p.add_argument(
+        "--fallback-random",
+        action="store_true",
+        default=None,
+        help="if the checkpoint cannot be had, serve random:full weights instead (LOUD warning: not speech)",
+    )
+    p.add_argument("--log-level", default=None, help="debug, info (default), warning, error")
+    p.set_defaults(func=run)
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"--device {device} asked for, but torch sees no CUDA device; use --device cpu")
+    return device
+
+
+def load_model(model_id: str, device: str, dtype: str, fallback_random: bool):
+    """(model, id actually served). A checkpoint that cannot be had is an error unless fallback_random;
+    a checkpoint that is there but does not load is always an error."""
+    from xcodec_stream.model.xcodec import XcodecModel
+
+    def load(name: str):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the random-weights warning is logged by the loader as well
+            return XcodecModel.from_pretrained(name, dtype=dtype, device=device)
+
+    try:
+        return load(model_id), model_id
+    except OSError as exc:  # not on disk, not in the hub cache, hub unreachable
+        if not fallback_random:
+            raise RuntimeError(
+                f"{str(exc).rstrip('.')} (serve: --model DIR or --model {FALLBACK_MODEL}); or fetch it while "
+                f"online (huggingface-cli download {model_id}); or add --fallback-random"
+            ) from None
+        reason = str(exc).splitlines()[0]
+    bar = "!" * 100
+    for line in (
+        bar,
+        f"!!! WARNING: model {model_id!r} could not be loaded: {reason}",
+        f"!!! WARNING: serving {FALLBACK_MODEL} (RANDOM WEIGHTS): THE AUDIO WILL NOT BE SPEECH.",
+        "!!! Good for trying the protocol, latency and load; useless for listening.",
+        bar,
+    ):
+        log.warning(line)
+    return load(FALLBACK_MODEL), FALLBACK_MODEL
+
+
+def run(args: argparse.Namespace) -> int:
+    from xcodec_stream.serving.config import load_config
+
+    overrides = {
+        "model": args.model,
+        "host": args.host,
+        "port": args.port,
+        "device": args.device,
+        "dtype": args.dtype,
+        "max_sessions": args.max_sessions,
+        "fallback_random": args.fallback_random,
+        "log_level": args.log_level,
+    }
+    config = load_config(args.config, overrides)
+    logging.basicConfig(
+        level=config.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    device = resolve_device(config.device)
+    if config.torch_threads:
+        import torch
+
+        torch.set_num_threads(config.torch_threads)
+    model, model_id = load_model(config.model, device, config.dtype, config.fallback_random)
+    asyncio.run(serve(model, config, model_id, device))
+    return 0
+
+
+async def serve(model, config, model_id: str, device: str) -> None:
+    from xcodec_stream.serving.server import XcodecServer
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not on this platform / thread
+            loop.add_signal_handler(sig, stop.set)
+    async with XcodecServer(model, config, model_id=model_id, device=device) as server:
+        http = server.url.replace("ws://", "http://", 1)
+        log.info(
+            "xcodec-stream serving %s (health: %s/healthz) | model %s on %s %s | presets %s loaded, %s allowed | "
+            "max %d sessions",
+            server.url,
+            http,
+            model_id + (" (RANDOM WEIGHTS: not speech)" if model_id.startswith("random:") else ""),
+            device,
+            config.dtype,
+            ",".join(config.presets),
+            ",".join(config.allowed_presets),
+            config.max_sessions,
+        )
+        await stop.wait()
+        log.info("stopping: closing %d session(s)", len(server.sessions))

@@ -1,0 +1,339 @@
+"""asyncio client library for the daemon: connect/hello, send audio or codes, receive, and stream a whole signal."""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
+
+from ..serving.protocol import PROTOCOL_VERSION, float_to_pcm, pack, pcm_to_float, unpack_server_message
+from .latency import LatencyTracker
+
+DEFAULT_URL = "ws://127.0.0.1:8765"
+
+
+class ServerError(RuntimeError):
+    """An `error` message from the server (or the connection closing with one)."""
+
+    def __init__(self, code: str, message: str, fatal: bool = True, close_code: int | None = None) -> None:
+        super().__init__(f"server error {code}: {message}" + (f" (close {close_code})" if close_code else ""))
+        self.code, self.message, self.fatal, self.close_code = code, message, fatal, close_code
+
+
+class Client:
+    """One session. `await Client.connect(url, mode=...)` performs the handshake; `ready` holds the answer."""
+
+    def __init__(self, ws: ClientConnection, ready: dict, fmt: str) -> None:
+        self.ws = ws
+        self.ready = ready
+        self.format = fmt
+        self.seq = 0
+        self.frame = 0
+        self.room: dict | None = None  # listeners: the room's parameters
+
+    @classmethod
+    async def connect(
+        cls,
+        url: str = DEFAULT_URL,
+        *,
+        mode: str = "loopback",
+        sample_rate: int = 16000,
+        format: str = "f32",
+        bandwidth: float | None = None,
+        latency: str | None = None,
+        room: str | None = None,
+        want: list[str] | None = None,
+        name: str | None = "xcodec-stream-client",
+        stats_interval_ms: int | None = None,
+        max_size: int | None = 16 << 20,
+        open_timeout: float = 10.0,
+    ) -> Client:
+        ws = await connect(url, compression=None, max_size=max_size, open_timeout=open_timeout)
+        hello = {
+            "type": "hello",
+            "version": PROTOCOL_VERSION,
+            "mode": mode,
+            "sample_rate": sample_rate,
+            "format": format,
+            "bandwidth": bandwidth,
+            "latency": latency,
+            "room": room,
+            "want": want,
+            "client": name,
+            "stats_interval_ms": stats_interval_ms,
+        }
+        try:
+            await ws.send(pack(hello))
+        except ConnectionClosed:
+            pass  # the server may have refused us at once (server_full): its error is still to be read
+        try:
+            msg = unpack_server_message(await ws.recv())
+        except ConnectionClosed as exc:
+            raise ServerError(
+                "closed", f"connection closed during the handshake: {exc}", True, ws.close_code
+            ) from None
+        if msg["type"] == "error":
+            await ws.close()
+            raise ServerError(msg["code"], msg["message"], msg.get("fatal", True), ws.close_code)
+        if msg["type"] != "ready":
+            await ws.close()
+            raise ServerError("bad_message", f"expected ready, got {msg['type']}")
+        return cls(ws, msg, format)
+
+    async def __aenter__(self) -> Client:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    @property
+    def sample_rate(self) -> int:
+        return int(self.ready["sample_rate"])
+
+    async def send_audio(self, pcm: np.ndarray) -> int:
+        """Send float32 samples (converted to the session format); returns the chunk's seq."""
+        seq = self.seq
+        await self.ws.send(
+            pack({"type": "audio", "seq": seq, "pcm": float_to_pcm(np.asarray(pcm), self.format)})
+        )
+        self.seq += 1
+        return seq
+
+    async def send_codes(self, codes: np.ndarray) -> int:
+        """Send (n_q, F) codes; returns the index of their first frame."""
+        frame = self.frame
+        codes = np.asarray(codes).astype("<u2")
+        await self.ws.send(pack({"type": "codes", "frame": frame, "codes": codes}))
+        self.frame += codes.shape[-1]
+        return frame
+
+    async def flush(self) -> None:
+        await self.ws.send(pack({"type": "flush"}))
+
+    async def request_stats(self) -> None:
+        await self.ws.send(pack({"type": "stats"}))
+
+    async def recv(self) -> dict:
+        """Next server message, arrays decoded (audio pcm as float32). Fatal errors raise ServerError."""
+        try:
+            msg = unpack_server_message(await self.ws.recv())
+        except ConnectionClosed as exc:
+            raise ServerError("closed", f"connection closed: {exc}", True, self.ws.close_code) from None
+        if msg["type"] == "audio":
+            msg["pcm"] = pcm_to_float(msg["pcm"])
+        elif msg["type"] == "room":
+            self.room = msg
+        elif msg["type"] == "error" and msg.get("fatal"):
+            raise ServerError(msg["code"], msg["message"], True)
+        return msg
+
+    async def close(self) -> None:
+        await self.ws.close()
+
+
+@dataclass
+class StreamResult:
+    """Everything a streamed run returned."""
+
+    ready: dict
+    audio: np.ndarray  # float32 at the client rate (loopback/decode/listen)
+    codes: np.ndarray  # (n_q, F) int64 (encode, loopback with want codes, listen with codes)
+    done: dict
+    latency: LatencyTracker
+    messages: dict[str, int] = field(default_factory=dict)
+    errors: list[dict] = field(default_factory=list)
+    room: dict | None = None
+
+
+class _Collector:
+    """Reassembles output by its `sample`/`frame` indexes (gaps from drops stay zero)."""
+
+    def __init__(self, n_q: int) -> None:
+        self.audio: list[tuple[int, np.ndarray]] = []
+        self.codes: list[tuple[int, np.ndarray]] = []
+        self.n_q = n_q
+        self.audio_end = 0
+        self.frames_end = 0
+
+    def add(self, msg: dict) -> None:
+        if msg["type"] == "audio":
+            self.audio.append((msg["sample"], msg["pcm"]))
+            self.audio_end = max(self.audio_end, msg["sample"] + msg["pcm"].size)
+        elif msg["type"] == "codes":
+            self.codes.append((msg["frame"], msg["codes"]))
+            self.frames_end = max(self.frames_end, msg["frame"] + msg["codes"].shape[-1])
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        audio = np.zeros(self.audio_end, np.float32)
+        for start, pcm in self.audio:
+            audio[start : start + pcm.size] = pcm
+        first = min((f for f, _ in self.codes), default=0)
+        n_q = self.codes[0][1].shape[0] if self.codes else self.n_q
+        codes = np.zeros((n_q, self.frames_end - first), np.int64)
+        for f, c in self.codes:
+            codes[:, f - first : f - first + c.shape[-1]] = c
+        return audio, codes
+
+
+async def stream(
+    client: Client,
+    signal: np.ndarray | None = None,
+    *,
+    chunk_ms: float = 20.0,
+    realtime: bool = False,
+    codes: np.ndarray | None = None,
+    chunks: list[int] | None = None,
+    window_ms: float | None = None,
+    on_message: Any = None,
+) -> StreamResult:
+    """Send a whole signal (float32 at the client rate) or code array (decode mode) in chunks, then flush,
+    and collect every reply until `done`.
+
+    realtime: pace chunks at the signal's own rate; otherwise send as fast as the server takes them, with at
+    most `window_ms` of input not yet acknowledged (default: half the server's max_backlog_ms) and at most
+    the server's message rate. `chunks`: explicit chunk lengths (samples, or frames in decode mode).
+    """
+    ready = client.ready
+    rate = client.sample_rate
+    decode = ready["mode"] == "decode"
+    limits = ready["limits"]
+    if decode:
+        assert codes is not None, "decode mode streams codes"
+        total = codes.shape[-1]
+        unit_ms = 1000.0 / ready["frame_rate"]
+        default_chunk = max(1, round(chunk_ms / unit_ms))
+    else:
+        assert signal is not None, "this mode streams audio"
+        signal = np.asarray(signal, dtype=np.float32).reshape(-1)
+        total = signal.size
+        unit_ms = 1000.0 / rate
+        default_chunk = max(1, round(chunk_ms * rate / 1000))
+    if chunks is None:
+        chunks = [default_chunk] * (total // default_chunk) + (
+            [total % default_chunk] if total % default_chunk else []
+        )
+    assert sum(chunks) == total, "chunk lengths must add up to the signal length"
+    window = window_ms if window_ms is not None else 0.5 * limits["max_backlog_ms"]
+    window_units = max(window / unit_ms, max(chunks, default=1))
+    min_gap = 1.0 / (0.8 * limits["max_messages_per_second"])  # stay under the server's message rate
+
+    tracker = LatencyTracker()
+    collector = _Collector(ready["n_q"])
+    acked_units = 0
+    ack_event = asyncio.Event()
+    ends: list[int] = []  # cumulative end (input units) of each seq
+    counts: dict[str, int] = {}
+    errors: list[dict] = []
+    done: dict = {}
+    # output position of a chunk's end: loopback audio samples, encode frames
+    frame_size_in = ready["frame_size"] * rate / ready["codec_sample_rate"]
+
+    def out_pos(end_units: int) -> int:
+        if ready["mode"] == "encode" or (ready["mode"] == "loopback" and "audio" not in ready["want"]):
+            return int(np.ceil(end_units / frame_size_in))
+        if decode:
+            return int(round(end_units * ready["frame_size"] * rate / ready["codec_sample_rate"]))
+        return end_units
+
+    async def receive() -> None:
+        nonlocal acked_units, done
+        while True:
+            msg = await client.recv()
+            counts[msg["type"]] = counts.get(msg["type"], 0) + 1
+            if on_message is not None:
+                on_message(msg)
+            kind = msg["type"]
+            seq_end = msg.get("seq_end")
+            if seq_end is not None:
+                tracker.acked(seq_end if not decode else _seq_of_frame(ends, seq_end))
+                acked_units = seq_end + 1 if decode else ends[seq_end]
+                ack_event.set()
+            if kind in ("audio", "codes"):
+                collector.add(msg)
+                if kind == "audio" and "audio" in ready["want"]:
+                    tracker.output(collector.audio_end)
+                elif kind == "codes" and (ready["mode"] == "encode" or "audio" not in ready["want"]):
+                    tracker.output(collector.frames_end)
+            elif kind == "error":
+                errors.append(msg)
+            elif kind == "done":
+                done = msg
+                return
+
+    recv_task = asyncio.create_task(receive())
+    t0 = time.monotonic()
+    pos = 0
+    last_send = 0.0
+    try:
+        for n in chunks:
+            if recv_task.done():
+                break
+            if realtime:
+                delay = t0 + pos * unit_ms / 1000.0 - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            else:
+                while pos + n - acked_units > window_units and not recv_task.done():
+                    ack_event.clear()
+                    waiter = asyncio.ensure_future(ack_event.wait())
+                    await asyncio.wait({recv_task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+                    waiter.cancel()
+                gap = last_send + min_gap - time.monotonic()
+                if gap > 0:
+                    await asyncio.sleep(gap)
+            last_send = time.monotonic()
+            if decode:
+                await client.send_codes(codes[:, pos : pos + n])
+                ends.append(pos + n)
+                tracker.sent(len(ends) - 1, out_pos(pos + n))
+            else:
+                seq = await client.send_audio(signal[pos : pos + n])
+                ends.append(pos + n)
+                tracker.sent(seq, out_pos(pos + n))
+            pos += n
+        if not recv_task.done():
+            await client.flush()
+        await recv_task
+    finally:
+        if not recv_task.done():
+            recv_task.cancel()
+    audio, code_arr = collector.result()
+    return StreamResult(ready, audio, code_arr, done, tracker, counts, errors, client.room)
+
+
+def _seq_of_frame(ends: list[int], last_frame: int) -> int:
+    """Decode mode: index of the last codes message whose frames are all <= last_frame."""
+    return bisect.bisect_right(ends, last_frame + 1) - 1
+
+
+async def listen(client: Client, *, on_message: Any = None) -> StreamResult:
+    """Collect a room's output until its `done`."""
+    collector = _Collector(client.ready["n_q"])
+    counts: dict[str, int] = {}
+    errors: list[dict] = []
+    tracker = LatencyTracker()
+    while True:
+        try:
+            msg = await client.recv()
+        except ServerError as exc:
+            if exc.code == "closed" and counts.get("done"):
+                break
+            raise
+        counts[msg["type"]] = counts.get(msg["type"], 0) + 1
+        if on_message is not None:
+            on_message(msg)
+        if msg["type"] in ("audio", "codes"):
+            collector.add(msg)
+        elif msg["type"] == "error":
+            errors.append(msg)
+        elif msg["type"] == "done":
+            done = msg
+            break
+    audio, codes = collector.result()
+    return StreamResult(client.ready, audio, codes, done, tracker, counts, errors, client.room)
