@@ -71,18 +71,22 @@ def _load_transformers(path: str):
 
 
 def _rss_child(args: argparse.Namespace) -> int:
-    """One model, one warm-up + one encode + decode; prints peak RSS in MiB."""
+    """One model, one encode + decode; prints peak RSS in MiB, and the RSS after imports (torch alone)."""
     torch.set_num_threads(args.threads)
     x = _signal(args.seconds)
+    if args.rss_child == "transformers":
+        import transformers  # noqa: F401  (its import is part of its baseline)
+    baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     model = _load_ours(args.checkpoint) if args.rss_child == "ours" else _load_transformers(args.checkpoint)
     with torch.inference_mode():
         codes = model.encode(x).audio_codes
         model.decode(codes)
-    print(json.dumps({"peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"peak_rss_mib": peak, "baseline_mib": baseline}))
     return 0
 
 
-def _peak_rss(which: str, checkpoint: str, args: argparse.Namespace) -> float | None:
+def _peak_rss(which: str, checkpoint: str, args: argparse.Namespace) -> tuple[float, float] | None:
     cmd = [
         sys.executable,
         "-m",
@@ -102,7 +106,8 @@ def _peak_rss(which: str, checkpoint: str, args: argparse.Namespace) -> float | 
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=1800)
     for line in reversed(proc.stdout.strip().splitlines()):
         try:
-            return float(json.loads(line)["peak_rss_mib"])
+            data = json.loads(line)
+            return float(data["peak_rss_mib"]), float(data["baseline_mib"])
         except (ValueError, KeyError, TypeError):
             continue
     print(f"peak RSS child {which} failed: {proc.stderr.strip()[-500:]}", file=sys.stderr)
@@ -155,26 +160,33 @@ def run(args: argparse.Namespace) -> int:
                 t.setdefault("semantic", []).append(_timed(lambda m=m: semantic(m)))
                 t.setdefault("acoustic encoder", []).append(_timed(lambda m=m: m.acoustic_encoder(x)))
                 t.setdefault("decode", []).append(_timed(lambda m=m, name=name: m.decode(codes[name])))
-        ref_audio = ours.decode(codes["ours"]).audio_values
     agree = None if theirs is None else float((codes["ours"] == codes["transformers"]).float().mean())
     med = {name: {k: statistics.median(v) for k, v in t.items()} for name, t in times.items()}
 
     bf16 = None
     if not args.no_bf16:
         ours16 = _load_ours(checkpoint, dtype=torch.bfloat16)
+        # Without native bf16 (AVX512-BF16 / AMX) CPUs run bf16 convolutions many times slower than fp32
+        # (20x for the DAC's k7 convs on an AVX2 machine): one rep on the first second only.
+        short = x[..., : min(x.shape[-1], 16000)]
         with torch.inference_mode():
-            c16 = ours16.encode(x).audio_codes
-            ours16.decode(c16)
-            enc16 = statistics.median(_timed(lambda: ours16.encode(x)) for _ in range(args.reps))
-            dec16 = statistics.median(_timed(lambda: ours16.decode(codes["ours"])) for _ in range(args.reps))
-            audio16 = ours16.decode(codes["ours"]).audio_values.float()
-        per_q = (c16 == codes["ours"]).float().mean(dim=(0, 2))
+            ref_codes = ours.encode(short).audio_codes
+            ref_short = ours.decode(ref_codes).audio_values
+            ours16.decode(ours16.encode(short[..., :3200]).audio_codes)  # warm-up on 0.2 s
+            t0 = time.perf_counter()
+            c16 = ours16.encode(short).audio_codes
+            enc16 = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            audio16 = ours16.decode(ref_codes).audio_values.float()
+            dec16 = time.perf_counter() - t0
+        per_q = (c16 == ref_codes).float().mean(dim=(0, 2))
         bf16 = {
+            "seconds": short.shape[-1] / 16000,
             "encode": enc16,
             "decode": dec16,
             "agree_q0": float(per_q[0]),
             "agree_all": float(per_q.mean()),
-            "snr": _snr_db(ref_audio, audio16),
+            "snr": _snr_db(ref_short, audio16),
         }
         del ours16
 
@@ -210,17 +222,22 @@ def run(args: argparse.Namespace) -> int:
         body.append(f"Codes of ours vs transformers on this signal: {100 * agree:.2f} % identical.")
     if rss:
         body.append(
-            "Peak RSS (separate process: load + one encode + decode): "
-            + ", ".join(f"{k} {v:.0f} MiB" for k, v in rss.items() if v is not None)
+            "Peak RSS (separate process per model: load + one encode + decode): "
+            + ", ".join(
+                f"{k} {v[0]:.0f} MiB ({v[0] - v[1]:.0f} MiB above the {v[1]:.0f} MiB after imports)"
+                for k, v in rss.items()
+                if v is not None
+            )
             + "."
         )
     if bf16 is not None:
         body += [
             "",
-            f"bf16 on this CPU (ours): encode {bf16['encode']:.2f} s, decode {bf16['decode']:.2f} s "
-            f"(fp32: {med['ours']['encode']:.2f} s / {med['ours']['decode']:.2f} s); codes identical to fp32: "
-            f"{100 * bf16['agree_q0']:.1f} % (quantizer 0), {100 * bf16['agree_all']:.1f} % (all 8); "
-            f"SNR of the bf16 decode against fp32 on the same codes: {bf16['snr']:.1f} dB.",
+            f"bf16 on this CPU (ours, one rep on {bf16['seconds']:.1f} s): encode RTF "
+            f"{bf16['encode'] / bf16['seconds']:.2f}, decode RTF {bf16['decode'] / bf16['seconds']:.2f} (fp32: "
+            f"{med['ours']['encode'] / seconds:.2f} / {med['ours']['decode'] / seconds:.2f}); codes identical to "
+            f"fp32: {100 * bf16['agree_q0']:.1f} % (quantizer 0), {100 * bf16['agree_all']:.1f} % (all); SNR of the "
+            f"bf16 decode against fp32 on the same codes: {bf16['snr']:.1f} dB.",
         ]
     text = "\n".join(body)
     print(text)
