@@ -1,0 +1,101 @@
+"""Streaming decoder: `exact` == offline decode for any chunking; lengths; other presets chunk-invariant."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from xcodec_stream.streaming.presets import StreamingOptions
+
+FRAME = 320
+
+
+def stream_decode(dec, codes: torch.Tensor, chunks: list[int]) -> torch.Tensor:
+    outs, pos = [], 0
+    for n in [*chunks, codes.shape[-1]]:
+        n = min(n, codes.shape[-1] - pos)
+        outs.append(dec.step(codes[..., pos : pos + n]))
+        pos += n
+    outs.append(dec.flush())
+    return torch.cat(outs, dim=-1)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(chunks=st.lists(st.integers(0, 12), max_size=20))
+def test_exact_decoder_equals_offline_decode_for_any_chunking(tiny_model, tiny_codes, chunks):
+    dec = tiny_model.streaming_decoder(batch_size=2, latency="exact")
+    ref = tiny_model.decode(tiny_codes).audio_values[:, 0]
+    out = stream_decode(dec, tiny_codes, chunks)
+    assert out.shape == (2, FRAME * tiny_codes.shape[-1])
+    assert (out - ref).abs().max() <= 1e-5
+
+
+def test_exact_decoder_one_frame_steps_and_empty_steps(tiny_model, tiny_codes):
+    dec = tiny_model.streaming_decoder(batch_size=2, latency="exact")
+    ref = tiny_model.decode(tiny_codes).audio_values[:, 0]
+    out = stream_decode(dec, tiny_codes, [1, 0] * tiny_codes.shape[-1])
+    assert (out - ref).abs().max() <= 1e-5
+
+
+def test_exact_decoder_reports_its_receptive_field(tiny_model):
+    dec = tiny_model.streaming_decoder(latency="exact")
+    assert dec.lookahead_frames == 10  # DESIGN.md: frames t-10 .. t+10
+    assert 9 * FRAME < dec.lookahead_samples <= 10 * FRAME
+    assert dec.latency_ms == 180.0  # the first sample of frame t needs frames up to t+9
+
+
+def test_output_lags_input_by_exactly_the_lookahead(tiny_model, tiny_codes):
+    """Exact: after F frames in (no flush), F*320 - lookahead_samples samples are out, nothing more or less.
+    With less lookahead: whole blocks, each once `decoder_lookahead` frames past it are in."""
+    for latency in ("exact", StreamingOptions(decoder_lookahead=3, decoder_block=2)):
+        dec = tiny_model.streaming_decoder(batch_size=2, latency=latency)
+        total = 0
+        for f in range(tiny_codes.shape[-1]):
+            total += dec.step(tiny_codes[..., f : f + 1]).shape[-1]
+            if dec.speculative:
+                expected = max(0, (f + 1 - 3) // 2) * 2 * FRAME
+            else:
+                expected = max(0, (f + 1) * FRAME - dec.lookahead_samples)
+            assert total == expected
+            assert (f + 1) * FRAME - total <= dec.lookahead_samples + FRAME
+
+
+@pytest.mark.parametrize("latency", ["balanced", "low", StreamingOptions(decoder_lookahead=4)])
+def test_lower_lookahead_is_chunk_invariant_and_keeps_length(tiny_model, tiny_codes, latency):
+    dec = tiny_model.streaming_decoder(batch_size=2, latency=latency)
+    a = stream_decode(dec, tiny_codes, [])
+    dec.reset()
+    b = stream_decode(dec, tiny_codes, [1, 3, 0, 2, 7, 1, 1, 5])
+    assert a.shape == b.shape == (2, FRAME * tiny_codes.shape[-1])
+    assert (a - b).abs().max() <= 1e-5
+
+
+def test_fewer_quantizers_decode_like_offline(tiny_model, tiny_codes):
+    dec = tiny_model.streaming_decoder(batch_size=2, latency="exact")
+    codes = tiny_codes[:, :3]
+    ref = tiny_model.decode(codes).audio_values[:, 0]
+    assert (stream_decode(dec, codes, [4, 4]) - ref).abs().max() <= 1e-5
+
+
+def test_bad_input_is_rejected_with_a_clear_message(tiny_model, tiny_codes):
+    dec = tiny_model.streaming_decoder(batch_size=2)
+    with pytest.raises(ValueError, match="integers"):
+        dec.step(tiny_codes.float())
+    with pytest.raises(ValueError, match="in 0..1023"):
+        dec.step(tiny_codes * 0 + 5000)
+    with pytest.raises(ValueError, match="quantizers"):
+        dec.step(torch.zeros(2, 9, 1, dtype=torch.long))
+    with pytest.raises(ValueError, match="batch_size 2"):
+        dec.step(tiny_codes[:1])
+    with pytest.raises(ValueError, match="slot must be"):
+        dec.step_slots({2: tiny_codes[0]})
+    dec.step_slots({0: tiny_codes[0, :, :3]})
+    with pytest.raises(ValueError, match="not in sync"):
+        dec.step(tiny_codes[..., :1])
+    dec.flush_slots([0])
+    with pytest.raises(ValueError, match="reset"):
+        dec.step_slots({0: tiny_codes[0, :, :1]})
+    dec.reset(0)
+    assert dec.step_slots({0: tiny_codes[0, :, :1]})[0].dtype == torch.float32

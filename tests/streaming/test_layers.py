@@ -1,0 +1,132 @@
+"""Per layer and per chain: streaming == offline for any chunking, and appending never changes the past."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
+from torch import nn
+
+from tests.streaming.helpers import liven, run_graph
+from xcodec_stream.model.acoustic import AcousticDecoder, AcousticEncoder, DacResidualUnit
+from xcodec_stream.model.semantic_encoder import SemanticEncoder
+from xcodec_stream.streaming.graph import StreamGraph, chain_from_module
+from xcodec_stream.streaming.layers import Chain, Conv, ConvTranspose
+
+chunkings = st.lists(st.integers(min_value=0, max_value=9), min_size=0, max_size=12)
+
+
+class _Seq(nn.Sequential):
+    """nn.Sequential is a chain: the tracer reads it like any forward."""
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    kernel=st.integers(1, 9),
+    stride=st.integers(1, 5),
+    dilation=st.integers(1, 4),
+    pad_frac=st.floats(0.0, 1.0),
+    per_frame=st.integers(1, 3),
+    frames=st.integers(1, 14),
+    chunks=chunkings,
+    seed=st.integers(0, 1000),
+)
+def test_conv_equals_offline(kernel, stride, dilation, pad_frac, per_frame, frames, chunks, seed):
+    padding = round(pad_frac * (kernel - 1) * dilation)
+    conv = liven(nn.Conv1d(3, 4, kernel, stride=stride, dilation=dilation, padding=padding), seed)
+    rate = stride * per_frame
+    x = torch.randn(2, 3, frames * rate, generator=torch.Generator().manual_seed(seed))
+    assume(frames * rate + 2 * padding >= (kernel - 1) * dilation + 1)  # offline needs one whole window
+    ref = conv(x)
+    graph = StreamGraph(Chain([Conv(conv)]), rate)
+    with torch.no_grad():
+        y = run_graph(graph, x, chunks)
+    torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    stride=st.integers(1, 6),
+    extra=st.integers(0, 6),
+    pad=st.integers(0, 6),
+    out_pad=st.integers(0, 5),
+    per_frame=st.integers(1, 3),
+    frames=st.integers(1, 12),
+    chunks=chunkings,
+    seed=st.integers(0, 1000),
+)
+def test_conv_transpose_equals_offline(stride, extra, pad, out_pad, per_frame, frames, chunks, seed):
+    kernel = stride + extra
+    pad = min(pad, kernel - 1)
+    out_pad = min(out_pad, stride - 1)
+    conv = liven(nn.ConvTranspose1d(3, 2, kernel, stride=stride, padding=pad, output_padding=out_pad), seed)
+    x = torch.randn(2, 3, frames * per_frame, generator=torch.Generator().manual_seed(seed))
+    assume((frames * per_frame - 1) * stride - 2 * pad + kernel + out_pad >= 1)  # offline needs an output
+    ref = conv(x)
+    graph = StreamGraph(Chain([ConvTranspose(conv)]), per_frame)
+    with torch.no_grad():
+        y = run_graph(graph, x, chunks)
+    torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
+
+
+@settings(max_examples=30, deadline=None)
+@given(dilation=st.sampled_from([1, 3, 9]), frames=st.integers(1, 10), chunks=chunkings, seed=st.integers(0, 1000))
+def test_residual_unit_equals_offline(dilation, frames, chunks, seed):
+    unit = liven(DacResidualUnit(4, dilation), seed)
+    x = torch.randn(1, 4, frames * 8, generator=torch.Generator().manual_seed(seed))
+    graph = StreamGraph(chain_from_module(_Seq(unit)), 8)
+    with torch.no_grad():
+        torch.testing.assert_close(run_graph(graph, x, chunks), unit(x), atol=1e-5, rtol=1e-5)
+
+
+@settings(max_examples=10, deadline=None)
+@given(frames=st.integers(1, 40), chunks=chunkings, seed=st.integers(0, 1000))
+def test_acoustic_chains_equal_offline(frames, chunks, seed):
+    """The DAC encoder and decoder (tiny widths, real strides/kernels/dilations) as one chain each.
+
+    In float64: these random deep chains amplify float32 rounding (offline float32 is itself 1e-4 off
+    float64), which would hide a real error; the float32 model is checked end to end in test_decoder."""
+    enc = liven(AcousticEncoder(4, (8, 5, 4, 2), 8), seed).double()
+    dec = liven(AcousticDecoder(8, 16, (8, 5, 4, 2)), seed).double()
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(1, 1, frames * 320, generator=g, dtype=torch.float64)
+    z = torch.randn(1, 8, frames, generator=g, dtype=torch.float64)
+    pairs = ((StreamGraph(chain_from_module(enc), 320), x, enc), (StreamGraph(chain_from_module(dec), 1), z, dec))
+    with torch.no_grad():
+        for graph, inp, module in pairs:
+            torch.testing.assert_close(run_graph(graph, inp, chunks), module(inp), atol=1e-9, rtol=1e-9)
+
+
+def test_semantic_encoder_chain_equals_offline():
+    se = liven(SemanticEncoder(6, 3, (1, 1), (1, 1), 3, (1, 1)))
+    x = torch.randn(2, 6, 23)
+    graph = StreamGraph(chain_from_module(se), 1)
+    assert graph.delay == 7  # the semantic encoder reads frames t-7 .. t+7
+    with torch.no_grad():
+        for chunks in ([23], [1] * 23, [5, 0, 2, 9]):
+            torch.testing.assert_close(run_graph(graph, x, chunks), se(x), atol=1e-5, rtol=1e-5)
+
+
+def test_receptive_fields_of_the_default_strides():
+    """DESIGN.md: encoder reads t*320-8742 .. t*320+9053 (28 whole frames after frame t), decoder t-10 .. t+10."""
+    enc = StreamGraph(chain_from_module(AcousticEncoder(4, (8, 5, 4, 2), 8)), 320)
+    dec = StreamGraph(chain_from_module(AcousticDecoder(8, 16, (8, 5, 4, 2))), 1)
+    assert enc.delay == 28
+    assert 9 * 320 < dec.delay <= 10 * 320
+
+
+@pytest.mark.parametrize("which", ["encoder", "decoder"])
+def test_appending_input_never_changes_earlier_output(which):
+    torch.manual_seed(0)
+    if which == "encoder":
+        module, rate, x = liven(AcousticEncoder(4, (8, 5, 4, 2), 8)), 320, torch.randn(1, 1, 60 * 320)
+    else:
+        module, rate, x = liven(AcousticDecoder(8, 16, (8, 5, 4, 2))), 1, torch.randn(1, 8, 60)
+    graph = StreamGraph(chain_from_module(module), rate)
+    with torch.no_grad():
+        short = run_graph(graph, x[..., : 40 * rate], [3, 4, 5], flush=False)
+        # same chunks over the common prefix: float32 rounding depends on chunk lengths (see the float64 test)
+        long = run_graph(graph, x, [3, 4, 5, 28, 7], flush=False)
+    assert short.shape[-1] > 0
+    torch.testing.assert_close(long[..., : short.shape[-1]], short, atol=0, rtol=0)

@@ -1,0 +1,435 @@
+"""Streaming encoder: waveform chunks of any length in, code frames out, many sessions in one forward pass.
+
+Per call, every due row advances by its own number of whole frames (the sub-frame remainder waits in a
+per-row buffer). Frames are grouped in blocks of `semantic_block`: the semantic transformer runs once per
+block on a fixed window, and, unless the acoustic encoder is exact, the block's acoustic latents come from
+one speculative run of the acoustic encoder that takes the signal to end `acoustic_lookahead` frames after
+the block (a copy of the state; the state itself only takes real input). A frame's code is out as soon as
+both its latents exist. Codes do not depend on how the signal was chunked. See docs/STREAMING.md.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from xcodec_stream.streaming.graph import StreamGraph, chain_from_module
+from xcodec_stream.streaming.layers import OPEN_END, shift
+from xcodec_stream.streaming.presets import StreamingOptions, resolve
+from xcodec_stream.streaming.semantic import SemanticStream
+from xcodec_stream.streaming.slots import MAX_FRAMES_PER_CALL, SlotEngine
+from xcodec_stream.streaming.state import StateBank
+
+
+def _as_pcm(pcm: object, dims: int) -> torch.Tensor:
+    t = pcm if isinstance(pcm, torch.Tensor) else torch.as_tensor(np.asarray(pcm))
+    if t.dim() != dims:
+        shape = "(batch, samples)" if dims == 2 else "(samples,)"
+        raise ValueError(f"pcm must have shape {shape}, got {tuple(t.shape)}")
+    if not t.dtype.is_floating_point:
+        raise ValueError(f"pcm must be floating point (float32 in [-1, 1]), got {t.dtype}")
+    return t.detach().to(device="cpu", dtype=torch.float32)
+
+
+def _group_arange(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """For counts [2, 0, 3]: rows [0, 0, 2, 2, 2] and index within row [0, 1, 0, 1, 2]."""
+    rep = np.repeat(np.arange(len(counts)), counts)
+    starts = np.cumsum(counts) - counts
+    return rep, np.arange(len(rep)) - starts[rep]
+
+
+class StreamingEncoder(SlotEngine):
+    """Chunked X-Codec encoder over `batch_size` slots. Build it with `model.streaming_encoder(...)`.
+
+    `step(pcm)` (B, n) float32 -> int64 codes (B, n_q, F_new) for rows in sync; `step_slots({slot: pcm})`
+    for rows at different positions; `flush()` / `flush_slots([...])` end streams (the last partial frame
+    zero-padded); `reset(slot)` starts a new session in a slot. Results are CPU tensors.
+    """
+
+    kind = "encoder"
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        batch_size: int = 1,
+        bandwidth: float | None = None,
+        latency: str | StreamingOptions = "balanced",
+    ) -> None:
+        super().__init__(model, batch_size)
+        self.options = opts = resolve(latency)
+        hop = self.frame_size
+        self.acoustic = StreamGraph(chain_from_module(model.acoustic_encoder), hop)
+        # exact: latents straight from the committed stream; otherwise per block from a speculative run
+        # (only where that is faster than exact; it also keeps every block within reach of the row's state)
+        self.speculative = (
+            opts.acoustic_lookahead is not None
+            and opts.semantic_block - 1 + opts.acoustic_lookahead < self.acoustic.delay
+        )
+        self.semantic = SemanticStream(
+            model,
+            opts.semantic_block,
+            opts.semantic_left_context,
+            opts.semantic_lookahead,
+            MAX_FRAMES_PER_CALL,
+        )
+        ac_channels = model.acoustic_encoder.conv2.out_channels
+        sem_channels = model.encoder_semantic.out_channels
+        # latents wait here until the other branch has the same frame; bounded by the two branches' lags
+        self.ring = self.acoustic.delay + 2 * opts.semantic_block + opts.semantic_lookahead + MAX_FRAMES_PER_CALL
+        n_ac, n_sem = len(self.acoustic.templates), len(self.semantic.templates)
+        self._ac = slice(0, n_ac)
+        self._sem = slice(n_ac, n_ac + n_sem)
+        self._ring_a, self._ring_s = n_ac + n_sem, n_ac + n_sem + 1
+        templates = [
+            *self.acoustic.templates,
+            *self.semantic.templates,
+            torch.zeros(ac_channels, self.ring),
+            torch.zeros(sem_channels, self.ring),
+        ]
+        self.bank = StateBank(batch_size, templates, self.device, self.dtype)
+        self.pending = torch.zeros(batch_size, hop)
+        self.pending_n = np.zeros(batch_size, dtype=np.int64)
+        self.ac_blocks = np.zeros(batch_size, dtype=np.int64)  # speculative acoustic blocks done
+        self.ac_done = np.zeros(batch_size, dtype=np.int64)  # acoustic latent frames in the ring
+        self.sem_blocks = np.zeros(batch_size, dtype=np.int64)  # semantic blocks done
+        self.coded = np.zeros(batch_size, dtype=np.int64)  # code frames emitted
+        self.default_n_q = model.num_quantizers_for_bandwidth(bandwidth)
+        self.n_q_slot = np.full(batch_size, self.default_n_q, dtype=np.int64)
+        self.max_n_q = model.config.num_quantizers
+
+    # ---- properties -------------------------------------------------------------------------------
+    @property
+    def n_q(self) -> int:
+        """Quantizers per frame for the `bandwidth` given at construction (set_bandwidth changes a slot's)."""
+        return self.default_n_q
+
+    @property
+    def acoustic_lookahead_frames(self) -> int:
+        """Frames after frame t the acoustic encoder waits for (worst case within a block)."""
+        if not self.speculative:
+            return self.acoustic.delay
+        return self.options.semantic_block - 1 + self.options.acoustic_lookahead
+
+    @property
+    def lookahead_frames(self) -> int:
+        """Frames after frame t whose samples must be in before frame t's code is out (worst case)."""
+        return max(self.acoustic_lookahead_frames, self.semantic.latency_frames())
+
+    @property
+    def lookahead_samples(self) -> int:
+        return self.lookahead_frames * self.frame_size
+
+    @property
+    def latency_ms(self) -> float:
+        """Algorithmic latency: from the last sample of a frame entering to its code being out."""
+        return 1000.0 * self.lookahead_samples / self.sample_rate
+
+    def set_bandwidth(self, slot: int, bandwidth: float | None) -> None:
+        """Codes of `slot` keep the first n_q(bandwidth) quantizers (RVQ prefixes are exact)."""
+        self.n_q_slot[self._slot(slot)] = self.model.num_quantizers_for_bandwidth(bandwidth)
+
+    def _reset_rows(self, rows: np.ndarray) -> None:
+        self.pending[torch.from_numpy(rows)] = 0.0
+        self.pending_n[rows] = 0
+        self.ac_blocks[rows] = 0
+        self.ac_done[rows] = 0
+        self.sem_blocks[rows] = 0
+        self.coded[rows] = 0
+        self.n_q_slot[rows] = self.default_n_q
+
+    # ---- public steps -----------------------------------------------------------------------------
+    @torch.inference_mode()
+    def step(self, pcm: object) -> torch.Tensor:
+        """(B, n) float32, every row in sync -> int64 (B, n_q, F_new) codes of the frames now complete."""
+        pcm = _as_pcm(pcm, 2)
+        if pcm.shape[0] != self.batch_size:
+            raise ValueError(f"pcm has {pcm.shape[0]} rows, this encoder has batch_size {self.batch_size}")
+        rows = np.arange(self.batch_size)
+        self._open(rows)
+        n_q = self._uniform_n_q(rows)
+        if not (
+            (self.pending_n == self.pending_n[0]).all()
+            and (self.pos == self.pos[0]).all()
+            and (self.coded == self.coded[0]).all()
+        ):
+            raise ValueError("the rows are not in sync (different stream positions); use step_slots({slot: pcm})")
+        p = int(self.pending_n[0])
+        audio = torch.cat([self.pending[:, :p], pcm], dim=1)
+        frames = audio.shape[1] // self.frame_size
+        used = frames * self.frame_size
+        self.pending[:, : audio.shape[1] - used] = audio[:, used:]
+        self.pending_n[:] = audio.shape[1] - used
+        if frames == 0:
+            return torch.zeros(self.batch_size, n_q, 0, dtype=torch.long)
+        codes, counts = self._advance(rows, audio[:, :used], np.full(self.batch_size, frames))
+        return self._stack(codes, counts, n_q)
+
+    @torch.inference_mode()
+    def step_slots(self, chunks: dict[int, object]) -> dict[int, torch.Tensor]:
+        """{slot: 1-D float32 pcm of any length} -> {slot: int64 (n_q_slot, F_i)}; one batched forward for all
+        due slots; slots not given do not move."""
+        slots = [self._slot(s) for s in chunks]
+        if len(set(slots)) != len(slots):
+            raise ValueError("a slot appears twice")
+        self._open(slots)
+        pcms = [_as_pcm(chunks[s], 1) for s in chunks]
+        rows = np.array(slots, dtype=np.int64)
+        out: dict[int, torch.Tensor] = {}
+        if not len(rows):
+            return out
+        totals = self.pending_n[rows] + np.array([len(p) for p in pcms], dtype=np.int64)
+        frames = totals // self.frame_size
+        audio = torch.zeros(len(rows), int(frames.max()) * self.frame_size)
+        for i, (row, pcm) in enumerate(zip(rows, pcms, strict=True)):  # assembling input, not compute
+            joined = torch.cat([self.pending[row, : self.pending_n[row]], pcm])
+            used = int(frames[i]) * self.frame_size
+            audio[i, :used] = joined[:used]
+            self.pending[row, : len(joined) - used] = joined[used:]
+            self.pending_n[row] = len(joined) - used
+        order = np.argsort(rows)
+        codes, counts = self._advance(rows[order], audio[order], frames[order])
+        return self._split(rows[order], codes, counts)
+
+    @torch.inference_mode()
+    def flush(self) -> torch.Tensor:
+        """End every row's stream: the remaining frames (end zero-padded to a whole frame) -> (B, n_q, F)."""
+        rows = np.arange(self.batch_size)
+        self._open(rows)
+        n_q = self._uniform_n_q(rows)
+        if not ((self.pos == self.pos[0]).all() and (self.pending_n == self.pending_n[0]).all()):
+            raise ValueError("the rows are not in sync (different stream positions); use flush_slots([...])")
+        codes, counts = self._flush_rows(rows)
+        return self._stack(codes, counts, n_q)
+
+    @torch.inference_mode()
+    def flush_slots(self, slots: list[int]) -> dict[int, torch.Tensor]:
+        """End the streams of `slots`: {slot: remaining codes}. A flushed slot is finished until reset."""
+        rows = np.array(sorted({self._slot(s) for s in slots}), dtype=np.int64)
+        self._open(rows)
+        if not len(rows):
+            return {}
+        codes, counts = self._flush_rows(rows)
+        return self._split(rows, codes, counts)
+
+    # ---- internals ---------------------------------------------------------------------------------
+    def _uniform_n_q(self, rows: np.ndarray) -> int:
+        n_q = self.n_q_slot[rows]
+        if not (n_q == n_q[0]).all():
+            raise ValueError("slots have different bandwidths; use step_slots / flush_slots")
+        return int(n_q[0])
+
+    def _flush_rows(self, rows: np.ndarray) -> tuple[list[torch.Tensor], list[np.ndarray]]:
+        partial = self.pending_n[rows]
+        self.end[rows] = self.pos[rows] + (partial > 0)
+        # the rest of the signal, then (exact acoustic encoder) its lookahead as zeros; at least one frame so
+        # that the last blocks run
+        extra = 0 if self.speculative else self.acoustic.delay
+        frames = np.maximum(self.end[rows] - self.pos[rows] + extra, 1)
+        audio = torch.zeros(len(rows), int(frames.max()) * self.frame_size)
+        keep = torch.arange(self.frame_size)[None, :] < torch.from_numpy(partial)[:, None]
+        audio[:, : self.frame_size] = self.pending[torch.from_numpy(rows)] * keep
+        codes, counts = self._advance(rows, audio, frames)
+        self.pending[torch.from_numpy(rows)] = 0.0
+        self.pending_n[rows] = 0
+        self.finished[rows] = True
+        return codes, counts
+
+    def _advance(
+        self, rows: np.ndarray, audio: torch.Tensor, frames: np.ndarray
+    ) -> tuple[list[torch.Tensor], list[np.ndarray]]:
+        """Commit `frames[i]` frames of `audio[i]` to row `rows[i]` (rows sorted), in bounded calls.
+        Returns per call: codes (max_n_q, total) of the rows with new codes, and per-row counts."""
+        codes, counts = [], []
+        hop = self.frame_size
+        for start, sel, adv in self._sub_calls(frames):
+            k = int(adv.max())
+            chunk = audio[sel, start * hop : (start + k) * hop].to(self.device, self.dtype)
+            c, n = self._run(rows[sel], chunk, adv[sel])
+            full = np.zeros(len(rows), dtype=np.int64)
+            full[sel] = n
+            codes.append(c)
+            counts.append(full)
+        return codes, counts
+
+    def _run(self, rows: np.ndarray, audio: torch.Tensor, adv: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        """One forward pass: rows commit adv[i] frames of audio (n, K*hop). Returns new codes and counts."""
+        hop, sem = self.frame_size, self.semantic
+        k = audio.shape[1] // hop
+        dev = self.device
+        rows_t = self._rows_tensor(rows)
+        states = self.bank.take(rows_t)
+        new: list[torch.Tensor | None] = [None] * len(states)
+        pos, end = self.pos[rows], self.end[rows]
+        ended = end < OPEN_END
+        end_arg = end if ended.any() else None
+        pos_new = pos + adv
+        adv_arg = None if (adv == k).all() else adv
+        x = audio[:, None, :]
+
+        # acoustic branch -> ring of latents ending at frame ac_done
+        delay = self.acoustic.delay
+        lat, new[self._ac] = self.acoustic.step(x, states[self._ac], pos, adv_arg, end_arg)
+        ring_a = states[self._ring_a]
+        if self.speculative:
+            ring_a = self._acoustic_blocks(rows, x, states[self._ac], pos, pos_new, end, ring_a)
+        else:
+            done = np.minimum(np.maximum(pos_new - delay, 0), end)
+            # the ring ends at frame `done` (before any latent exists its content is never read)
+            keep_from = torch.from_numpy(np.minimum(done - pos + delay, adv)).to(dev)
+            ring_a = shift(torch.cat([ring_a, lat], dim=-1), keep_from, 1, self.ring)
+            self.ac_done[rows] = done
+        new[self._ring_a] = ring_a
+
+        # semantic conv features -> feature ring, frame t at index t - (pos - fring) before the shift
+        s_states = states[self._sem]
+        n_f = sem.n_feat_states
+        feats, f_new = sem.features.step(x, s_states[:n_f], pos, adv_arg, end_arg)
+        feat_cat = torch.cat([s_states[n_f], feats], dim=-1)
+        adv_t = None if adv_arg is None else torch.from_numpy(adv).to(dev)
+        s_new: list[torch.Tensor | None] = [*f_new, shift(feat_cat, adv_t, 1, sem.ring)]
+        se_states = list(s_states[sem.se_slice])
+
+        # semantic blocks due: the window's last frame is in (or the row ended and every frame is in)
+        due = np.maximum(0, self._blocks_due(pos_new, end, sem.lookahead) - self.sem_blocks[rows])
+        ring_s = states[self._ring_s]
+        if due.any():
+            ring_s, se_states = self._semantic_blocks(rows, feat_cat, pos, pos_new, end, due, ring_s, se_states)
+        s_new.extend(se_states)
+        new[self._sem] = s_new
+        new[self._ring_s] = ring_s
+        self.bank.put(rows_t, new)
+        self.pos[rows] = pos_new
+        self.sem_blocks[rows] += due
+
+        # codes for frames both branches have
+        B = sem.block
+        ac_done = self.ac_done[rows]
+        sem_done = np.minimum(self.sem_blocks[rows] * B, end)
+        counts = np.maximum(0, np.minimum(ac_done, sem_done) - self.coded[rows])
+        if not counts.any():
+            return torch.zeros(self.max_n_q, 0, dtype=torch.long, device=dev), counts
+        rep, j = _group_arange(counts)
+        t = self.coded[rows][rep] + j
+        ia = t - (ac_done - self.ring)[rep]
+        is_ = t - (self.sem_blocks[rows] * B - self.ring)[rep]
+        if ia.min() < 0 or is_.min() < 0:
+            raise RuntimeError("latent ring too short (engine bug)")
+        rep_t = torch.from_numpy(rep).to(dev)
+        e_ac = ring_a[rep_t, :, torch.from_numpy(ia).to(dev)]  # (total, C_a)
+        e_sem = ring_s[rep_t, :, torch.from_numpy(is_).to(dev)]
+        emb = self.model.encode_latent(e_ac.t()[None], e_sem.t()[None])
+        codes = self.model.quantize(emb, self.max_n_q)[0]  # (max_n_q, total)
+        self.coded[rows] += counts
+        return codes, counts
+
+    def _blocks_due(self, pos_new: np.ndarray, end: np.ndarray, lookahead: int) -> np.ndarray:
+        """Blocks whose last frame + `lookahead` frames are in; once a row ended and is all in, all blocks."""
+        B = self.semantic.block
+        total = np.maximum(0, (pos_new - lookahead) // B)
+        last = -(-end // B)  # blocks of an ended row (huge while open)
+        return np.where(pos_new >= end, last, np.minimum(total, last))
+
+    def _acoustic_blocks(
+        self,
+        rows: np.ndarray,
+        x: torch.Tensor,
+        states: list[torch.Tensor],
+        pos: np.ndarray,
+        pos_new: np.ndarray,
+        end: np.ndarray,
+        ring_a: torch.Tensor,
+    ) -> torch.Tensor:
+        """Latents of the acoustic blocks now due, each from a speculative run of the acoustic encoder: from
+        the row's state at the start of this call, the real frames up to the block's end + lookahead, then
+        zeros with the signal taken to end there. All due blocks of all rows run as one batch."""
+        B, A, delay, hop, dev = self.semantic.block, self.options.acoustic_lookahead, self.acoustic.delay, self.frame_size, self.device
+        due = np.maximum(0, self._blocks_due(pos_new, end, A) - self.ac_blocks[rows])
+        if not due.any():
+            return ring_a
+        rep, j = _group_arange(due)
+        first = (self.ac_blocks[rows][rep] + j) * B
+        cut = np.minimum(first + B + A, end[rep])  # the signal is taken to end here
+        real = cut - pos[rep]  # real frames of this call before the cut (0 .. adv)
+        length = int((first + B + delay - pos[rep]).max())  # frames that bring the block's last latent out
+        keep = np.arange(x.shape[-1])[None, :] < (real * hop)[:, None]
+        rep_t = torch.from_numpy(rep).to(dev)
+        xs = x.index_select(0, rep_t) * torch.from_numpy(keep[:, None, :]).to(dev, x.dtype)
+        xs = torch.nn.functional.pad(xs, (0, max(0, length * hop - xs.shape[-1])))
+        st = [s.index_select(0, rep_t) for s in states]
+        y, _ = self.acoustic.step(xs, st, pos[rep], adv=np.zeros(len(rep), dtype=np.int64), end=cut)
+        # output j of virtual row v has frame time pos - delay + j
+        idx = torch.from_numpy((first - pos[rep] + delay)[:, None] + np.arange(B)[None, :]).to(dev)
+        lat = y.gather(-1, idx[:, None, :].expand(-1, y.shape[1], -1))  # (n_v, C, B)
+        blocks = int(due.max())
+        fresh = lat.new_zeros(len(rows), y.shape[1], blocks, B)
+        fresh[rep_t, :, torch.from_numpy(j).to(dev)] = lat
+        ring_a = shift(
+            torch.cat([ring_a, fresh.view(len(rows), y.shape[1], blocks * B)], dim=-1),
+            torch.from_numpy(due * B).to(dev),
+            1,
+            self.ring,
+        )
+        self.ac_blocks[rows] += due
+        self.ac_done[rows] = np.minimum(self.ac_blocks[rows] * B, end)
+        return ring_a
+
+    def _semantic_blocks(
+        self,
+        rows: np.ndarray,
+        feat_cat: torch.Tensor,
+        pos: np.ndarray,
+        pos_new: np.ndarray,
+        end: np.ndarray,
+        due: np.ndarray,
+        ring_s: torch.Tensor,
+        se_states: list[torch.Tensor],
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Run every due block's window through the semantic model in one batch, then the semantic encoder
+        block by block (its state chains blocks of a row). Returns the new semantic ring and SE states."""
+        sem, dev = self.semantic, self.device
+        B, C, S, W = sem.block, sem.left, sem.lookahead, sem.window
+        rep, j = _group_arange(due)
+        first = (self.sem_blocks[rows][rep] + j) * B  # first frame of each due block
+        t = first[:, None] - C + np.arange(W)[None, :]  # window frames
+        idx = t - (pos[rep] - sem.ring)[:, None]
+        valid = (t >= 0) & (t < end[rep][:, None]) & (t < pos_new[rep][:, None])
+        idx = np.clip(idx, 0, feat_cat.shape[-1] - 1)
+        rep_t = torch.from_numpy(rep).to(dev)
+        feats = feat_cat.transpose(1, 2)[rep_t[:, None], torch.from_numpy(idx).to(dev)]  # (n_w, W, C_feat)
+        valid_t = torch.from_numpy(valid).to(dev)
+        hidden = sem.window_hidden(feats, valid_t)  # (n_w, W, H)
+        # the semantic encoder reads `d` frames past the block: the window's, then zeros (signal ends there)
+        d = sem.se.delay
+        ahead = min(S, d)
+        se_in = hidden[:, C : C + B + ahead] * valid_t[:, C : C + B + ahead, None].to(hidden.dtype)
+        se_in = torch.nn.functional.pad(se_in.transpose(1, 2), (0, d - ahead))
+        se_end = np.minimum(first + B + S, end[rep])
+        for r in range(int(due.max())):
+            w = np.nonzero(j == r)[0]
+            rr = torch.from_numpy(rep[w]).to(dev)
+            st = [s.index_select(0, rr) for s in se_states]
+            lat, st_new = sem.encode_block(se_in[torch.from_numpy(w).to(dev)], st, first[w], se_end[w])
+            se_states = [s.index_copy(0, rr, v) if v is not None else s for s, v in zip(se_states, st_new, strict=True)]
+            shifted = torch.cat([ring_s.index_select(0, rr), lat], dim=-1)[..., B:]
+            ring_s = ring_s.index_copy(0, rr, shifted)
+        return ring_s, se_states
+
+    def _stack(self, codes: list[torch.Tensor], counts: list[np.ndarray], n_q: int) -> torch.Tensor:
+        """Rows in sync: every call gave each row the same number of frames -> (B, n_q, F)."""
+        parts = [c.view(c.shape[0], self.batch_size, -1).transpose(0, 1) for c in codes]
+        if not parts:
+            return torch.zeros(self.batch_size, n_q, 0, dtype=torch.long)
+        return torch.cat(parts, dim=-1)[:, :n_q].cpu()
+
+    def _split(self, rows: np.ndarray, codes: list[torch.Tensor], counts: list[np.ndarray]) -> dict[int, torch.Tensor]:
+        per_row: list[list[torch.Tensor]] = [[] for _ in rows]
+        for c, n in zip(codes, counts, strict=True):
+            c = c.cpu()
+            for i, part in enumerate(torch.split(c, n.tolist(), dim=1)):
+                per_row[i].append(part)
+        out = {}
+        for i, row in enumerate(rows):
+            n_q = int(self.n_q_slot[row])
+            joined = torch.cat(per_row[i], dim=1) if per_row[i] else torch.zeros(self.max_n_q, 0, dtype=torch.long)
+            out[int(row)] = joined[:n_q].contiguous()
+        return out

@@ -1,0 +1,92 @@
+"""Latency options of the streaming engine and the named presets (`exact`, `balanced`, `low`).
+
+All numbers are in frames of the model (320 samples = 20 ms at 16 kHz). Fidelity of each preset is
+measured by `xcodec-stream eval` and written to docs/STREAMING.md; the figures quoted below come from there.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+
+
+@dataclass(frozen=True)
+class StreamingOptions:
+    """How far ahead the streaming encoder and decoder may look, and how the semantic branch is windowed.
+
+    Where a part may not wait for its whole receptive field, it computes its outputs as if the signal
+    ended where the input stops (the missing future is zeros, as offline at a real end), every
+    `..._block` frames from a copy of its state; the real state only ever takes real input.
+
+    - `acoustic_lookahead`: frames after a block that the acoustic (DAC) encoder waits for before
+      emitting the block's latents. None = its whole receptive field (exact: 28 frames for 8-5-4-2 strides,
+      latents equal offline). The acoustic encoder uses the semantic block grid.
+    - `decoder_lookahead`: frames after a decoder block the decoder waits for before emitting the block's
+      samples. None = its whole receptive field (exact: output equals offline decode, all of frame t out
+      once frame t+10 is in).
+    - `decoder_block`: frames emitted together when `decoder_lookahead` is not None (cost: one
+      speculative run per block).
+    - `semantic_block`: frames computed per semantic-model (HuBERT/WavLM) call. Larger = cheaper, but the
+      first frame of a block waits for the whole block.
+    - `semantic_left_context`: frames before the block in the semantic model's window (cost, not latency).
+    - `semantic_lookahead`: frames after the block in the window (latency).
+    """
+
+    acoustic_lookahead: int | None = None
+    decoder_lookahead: int | None = None
+    decoder_block: int = 4
+    semantic_block: int = 8
+    semantic_left_context: int = 50
+    semantic_lookahead: int = 8
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value is None and f.name in ("acoustic_lookahead", "decoder_lookahead"):
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                raise ValueError(f"StreamingOptions.{f.name} must be an integer >= 0, got {value!r}")
+        for name in ("semantic_block", "decoder_block"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"StreamingOptions.{name} must be >= 1, got {getattr(self, name)}")
+
+    def with_(self, **changes: int | None) -> StreamingOptions:
+        return replace(self, **changes)
+
+
+PRESETS: dict[str, StreamingOptions] = {
+    # Decoder exact (== offline decode), acoustic encoder exact (latent == offline); the semantic window as
+    # large as fits in the acoustic encoder's own 28-frame lookahead (so it adds no latency).
+    "exact": StreamingOptions(
+        acoustic_lookahead=None,
+        decoder_lookahead=None,
+        semantic_block=10,
+        semantic_left_context=100,
+        semantic_lookahead=19,
+    ),
+    # The best measured fidelity within 300 ms (encoder + decoder), real time on 2 CPU cores.
+    "balanced": StreamingOptions(
+        acoustic_lookahead=7,
+        decoder_lookahead=7,
+        semantic_block=4,
+        semantic_left_context=50,
+        semantic_lookahead=4,
+    ),
+    # Within 100 ms (encoder + decoder). Needs a GPU (or several cores) for real time: the semantic model
+    # runs every 2 frames.
+    "low": StreamingOptions(
+        acoustic_lookahead=2,
+        decoder_lookahead=2,
+        semantic_block=2,
+        semantic_left_context=25,
+        semantic_lookahead=1,
+    ),
+}
+
+
+def resolve(latency: str | StreamingOptions) -> StreamingOptions:
+    """A preset name or explicit options -> options."""
+    if isinstance(latency, StreamingOptions):
+        return latency
+    if isinstance(latency, str) and latency in PRESETS:
+        return PRESETS[latency]
+    raise ValueError(f"unknown latency preset {latency!r}; use one of {', '.join(PRESETS)} or StreamingOptions(...)")

@@ -1,0 +1,85 @@
+"""Slot bookkeeping shared by the streaming encoder and decoder: counters per row, slot checks, sub-calls."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import torch
+
+from xcodec_stream.streaming.layers import OPEN_END
+from xcodec_stream.streaming.state import StateBank
+
+# Frames one internal call advances a row by at most: bounds the work (and memory) of one forward pass;
+# a longer chunk is split into several calls (the result does not depend on the split).
+MAX_FRAMES_PER_CALL = 50
+
+
+class SlotEngine:
+    """Rows of a fixed-capacity batch, one per session ("slot"), with host-side counters.
+
+    Counters (numpy int64, one entry per row): `pos` frames committed, `end` the row's length in frames
+    once flushed (OPEN_END before), `finished` after a flush until the slot is reset.
+    """
+
+    kind = "engine"
+
+    def __init__(self, model: torch.nn.Module, batch_size: int) -> None:
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        self.model = model
+        self.batch_size = batch_size
+        self.device = model.device
+        self.dtype = model.dtype
+        self.frame_size = model.hop_length
+        self.sample_rate = model.sample_rate
+        self.pos = np.zeros(batch_size, dtype=np.int64)
+        self.end = np.full(batch_size, OPEN_END, dtype=np.int64)
+        self.finished = np.zeros(batch_size, dtype=bool)
+        self.bank: StateBank
+
+    # ---- slots ------------------------------------------------------------------------------------
+    def _slot(self, slot: object) -> int:
+        if isinstance(slot, bool) or not isinstance(slot, (int, np.integer)) or not 0 <= slot < self.batch_size:
+            raise ValueError(f"slot must be an integer in 0..{self.batch_size - 1}, got {slot!r}")
+        return int(slot)
+
+    def _open(self, slots: Iterable[int]) -> None:
+        for s in slots:
+            if self.finished[s]:
+                raise ValueError(f"slot {s} was flushed (its stream ended); reset({s}) starts a new one")
+
+    def _rows_tensor(self, rows: np.ndarray) -> torch.Tensor | None:
+        """None when `rows` is every row in order (no gather/scatter needed)."""
+        if len(rows) == self.batch_size and np.array_equal(rows, np.arange(self.batch_size)):
+            return None
+        return torch.from_numpy(rows).to(self.device)
+
+    @torch.inference_mode()  # the states are inference tensors once a step ran
+    def reset(self, slot: int | None = None) -> None:
+        """Start a fresh session in `slot` (None: every slot); the other slots keep running untouched."""
+        if slot is None:
+            rows = np.arange(self.batch_size)
+            self.bank.reset(None)
+        else:
+            rows = np.array([self._slot(slot)])
+            self.bank.reset(torch.from_numpy(rows).to(self.device))
+        self.pos[rows] = 0
+        self.end[rows] = OPEN_END
+        self.finished[rows] = False
+        self._reset_rows(rows)
+
+    def _reset_rows(self, rows: np.ndarray) -> None:
+        """Engine-specific counters of `rows` back to a fresh session."""
+
+    def state_bytes(self) -> int:
+        """Bytes held by per-session state (constant while streams run)."""
+        return self.bank.nbytes()
+
+    @staticmethod
+    def _sub_calls(frames: np.ndarray) -> Iterable[tuple[int, np.ndarray, np.ndarray]]:
+        """Split per-row frame counts into calls of <= MAX_FRAMES_PER_CALL: (first frame, row mask, adv)."""
+        total = int(frames.max(initial=0))
+        for start in range(0, total, MAX_FRAMES_PER_CALL):
+            adv = np.clip(frames - start, 0, MAX_FRAMES_PER_CALL)
+            yield start, adv > 0, adv
