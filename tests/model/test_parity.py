@@ -7,7 +7,7 @@ import warnings
 import pytest
 import torch
 
-from tests.model.reference import (
+from .reference import (
     FORMS,
     make_transformers_model,
     reference_signals,

@@ -32,7 +32,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--model", default="random:full", help="checkpoint: random:full (default), hub id or directory"
     )
     p.add_argument(
-        "--reps", type=int, default=3, help="timed repetitions per measurement (median; default 3)"
+        "--reps", type=int, default=5, help="timed repetitions per measurement (best of; default 5)"
     )
     p.add_argument("--no-transformers", action="store_true", help="time ours only")
     p.add_argument("--no-bf16", action="store_true", help="skip the bf16 measurement")
