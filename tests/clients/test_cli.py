@@ -49,6 +49,22 @@ async def test_client_file_loopback_and_codes(tmp_path: Path, rate: int, capsys)
     assert "latency report" in report and "algorithmic latency" in report and "p95" in report
 
 
+async def test_client_token_and_resume_flags(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """--token (or $XCODEC_STREAM_TOKEN) opens an auth-only daemon; --resume is accepted; no token: exit 1."""
+    x = speech(seconds=0.4)
+    wav, out = tmp_path / "in.wav", tmp_path / "out.wav"
+    sf.write(wav, x, 16000, subtype="FLOAT")
+    async with running_server(FakeModel(), auth_tokens=("cli-token",)) as srv:
+        argv = ["client", "--url", srv.url, "--file", str(wav), "--out", str(out), "--fast", "--resume"]
+        assert await asyncio.to_thread(main, [*argv, "--token", "cli-token"]) == 0
+        assert sf.read(out)[0].size == x.size
+        monkeypatch.setenv("XCODEC_STREAM_TOKEN", "cli-token")
+        assert await asyncio.to_thread(main, argv) == 0
+        monkeypatch.delenv("XCODEC_STREAM_TOKEN")
+        assert await asyncio.to_thread(main, argv) == 1
+    assert "unauthorized" in capsys.readouterr().err
+
+
 async def test_client_encode_only_and_publish_listen(tmp_path: Path) -> None:
     x = speech(seconds=0.6)
     wav = tmp_path / "in.wav"

@@ -86,3 +86,56 @@ def test_latency_tracker_and_report() -> None:
     assert p["p50"] == 2.5 and p["max"] == 4.0
     text = format_report(tr, algorithmic_ms=140.0, chunk_ms=20, realtime=True, n_chunks=4)
     assert "algorithmic latency" in text and "p99" in text and "140.0 ms" in text
+
+
+def simulate(jb: JitterBuffer, clock: list[float], seconds: float, stalls_until: float) -> list[int]:
+    """1 kHz toy stream: the device pulls 20 samples every 20 ms; the network delivers 20 ms messages in
+    bursts of five every 100 ms and, until `stalls_until`, stalls 300 ms every 2 s, then catches up.
+    Returns the buffer level after each pull (the playback latency: samples = ms)."""
+    levels, sent, t = [], 0, 0.0
+    while t < seconds:
+        clock[0] = t
+        due = int(t * 1000) // 100 * 100  # what the sender has produced by now, in whole bursts
+        stalled = 0.5 < t < stalls_until and (t % 2.0) < 0.3
+        while not stalled and sent + 20 <= due:
+            jb.push(np.ones(20, np.float32))
+            sent += 20
+        jb.pull(20)
+        levels.append(jb.level)
+        t = round(t + 0.02, 6)
+    return levels
+
+
+def test_adaptive_jitter_buffer_follows_jitter_without_latency_creep() -> None:
+    """Stalls of 300 ms every 2 s for 8 s, then a steady network for 12 s."""
+    clock = [0.0]
+    adaptive = JitterBuffer(40, 3000, rate=1000, max_target=1000, margin=20, clock=lambda: clock[0])
+    levels = simulate(adaptive, clock, 20.0, stalls_until=8.0)
+    # the target grew to cover the stalls: only the first one (before it was measured) underran ...
+    assert adaptive.max_target_seen >= 300 and adaptive.underruns == 1
+    # ... and came back down once the network was steady: the latency returned to the minimum's range
+    assert adaptive.target < 150 and np.mean(levels[-250:]) < 150 and adaptive.skipped > 0
+
+    clock[0] = 0.0
+    fixed = JitterBuffer(40, 3000)  # the previous behaviour: a fixed target, the surplus never trimmed
+    levels = simulate(fixed, clock, 20.0, stalls_until=8.0)
+    assert fixed.underruns >= 1 and np.mean(levels[-250:]) > 300  # the stall's delay stays for good
+
+
+def test_adaptive_jitter_buffer_skips_the_excess_after_a_burst() -> None:
+    clock = [0.0]
+    jb = JitterBuffer(50, 10_000, rate=1000, max_target=500, settle_s=1.0, clock=lambda: clock[0])
+    for i in range(10):  # steady arrivals: the target stays at the minimum
+        clock[0] = i * 0.02
+        jb.push(np.ones(20, np.float32))
+    assert jb.target == 50
+    jb.pull(20)
+    jb.push(np.ones(2000, np.float32))  # more arrives at once (the clock did not move: not late)
+    pulls = 0
+    while not jb.skipped:  # playback with nothing new arriving: the fill stays far above the target
+        jb.pull(20)
+        pulls += 1
+    # after settle_s of playback (1 s = 50 pulls, the one before the burst included) above target + slack,
+    # the excess went in one step, down to the target
+    assert pulls + 1 == 50 and jb.level == jb.target and jb.underruns == 0
+    assert jb.level + jb.played + jb.skipped == 2200

@@ -28,6 +28,8 @@ def fake_codes(frames: np.ndarray, n_q: int) -> np.ndarray:
 
 def fake_audio(codes: np.ndarray) -> np.ndarray:
     """(n_q, F) -> F * 320 samples: a function of each frame's codes alone."""
+    if codes.size == 0:
+        return np.zeros(0, np.float32)
     level = codes[0].astype(np.float32) / 1024.0 - 0.5
     ramp = np.linspace(0.0, 0.01, FRAME, dtype=np.float32) * codes.shape[0]
     return (level[:, None] + ramp[None, :]).reshape(-1).astype(np.float32)
@@ -35,6 +37,7 @@ def fake_audio(codes: np.ndarray) -> np.ndarray:
 
 class FakeEncoder:
     frame_size = FRAME
+    atomic_steps = True  # a step that raises leaves every slot as it was (checked before any change)
 
     def __init__(self, batch_size: int, latency: str = "balanced") -> None:
         self.lookahead_frames = LOOKAHEAD[latency]
@@ -46,6 +49,7 @@ class FakeEncoder:
         self.emitted = [0] * batch_size
         self.nq = [4] * batch_size
         self.fail_next = False
+        self.oom_over: int | None = None  # raise MemoryError for steps of more slots than this
 
     def reset(self, slot: int) -> None:
         self.buf[slot] = np.zeros(0, np.float32)
@@ -67,6 +71,8 @@ class FakeEncoder:
         if self.fail_next:
             self.fail_next = False
             raise RuntimeError("injected failure")
+        if self.oom_over is not None and len(inputs) > self.oom_over:
+            raise MemoryError(f"injected out-of-memory: {len(inputs)} slots")
         out = {}
         for slot, pcm in inputs.items():
             self.buf[slot] = np.concatenate([self.buf[slot], np.asarray(pcm, np.float32)])

@@ -1,13 +1,18 @@
-"""Helpers shared by the serving and client tests: the test clips and an in-process daemon on port 0."""
+"""Helpers shared by the serving and client tests: the test clips, an in-process daemon on port 0, raw frames."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from pathlib import Path
 
+import msgpack
 import numpy as np
 import soundfile as sf
+from websockets.asyncio.client import connect
+from websockets.exceptions import ConnectionClosed
 
+from xcodec_stream.serving.arrays import pack_array
 from xcodec_stream.serving.config import load_config
 from xcodec_stream.serving.server import XcodecServer
 
@@ -37,3 +42,51 @@ async def running_server(model, **overrides):
         yield server
     finally:
         await server.close()
+
+
+def frame(**msg) -> bytes:
+    return msgpack.packb(msg, use_bin_type=True)
+
+
+HELLO = frame(type="hello", version=1, mode="loopback")
+
+
+def audio(seq: int, pcm: np.ndarray | dict) -> bytes:
+    return frame(type="audio", seq=seq, pcm=pcm if isinstance(pcm, dict) else pack_array(pcm))
+
+
+class Raw:
+    """A hand-driven connection: sends any bytes, reads decoded server maps."""
+
+    def __init__(self, ws) -> None:
+        self.ws = ws
+
+    async def send(self, data: bytes | str) -> None:
+        await self.ws.send(data)
+
+    async def recv(self, timeout: float = 5.0) -> dict:
+        async with asyncio.timeout(timeout):
+            return msgpack.unpackb(await self.ws.recv(), raw=False)
+
+    async def until(self, kind: str, timeout: float = 5.0) -> dict:
+        while True:
+            msg = await self.recv(timeout)
+            if msg["type"] == kind:
+                return msg
+
+    async def closed(self) -> int | None:
+        with contextlib.suppress(ConnectionClosed, TimeoutError):
+            async with asyncio.timeout(5):
+                while True:
+                    await self.ws.recv()
+        return self.ws.close_code
+
+
+@contextlib.asynccontextmanager
+async def raw(url: str, hello: bytes | None = HELLO, **kw):
+    async with connect(url, compression=None, max_size=None, **kw) as ws:
+        r = Raw(ws)
+        if hello is not None:
+            await r.send(hello)
+            assert (await r.recv())["type"] == "ready"
+        yield r

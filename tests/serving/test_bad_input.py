@@ -7,64 +7,14 @@ import asyncio
 import contextlib
 import socket
 
-import msgpack
 import numpy as np
 import pytest
 from fakes import FakeModel, local_run
-from serving_helpers import running_server, speech
-from websockets.asyncio.client import connect
+from serving_helpers import HELLO, Raw, audio, frame, raw, running_server, speech
 from websockets.exceptions import ConnectionClosed
 
 from xcodec_stream.clients.client import Client, ServerError, stream
 from xcodec_stream.serving.arrays import pack_array
-
-
-def frame(**msg) -> bytes:
-    return msgpack.packb(msg, use_bin_type=True)
-
-
-HELLO = frame(type="hello", version=1, mode="loopback")
-
-
-def audio(seq: int, pcm: np.ndarray | dict) -> bytes:
-    return frame(type="audio", seq=seq, pcm=pcm if isinstance(pcm, dict) else pack_array(pcm))
-
-
-class Raw:
-    """A hand-driven connection: sends any bytes, reads decoded server maps."""
-
-    def __init__(self, ws) -> None:
-        self.ws = ws
-
-    async def send(self, data: bytes | str) -> None:
-        await self.ws.send(data)
-
-    async def recv(self, timeout: float = 5.0) -> dict:
-        async with asyncio.timeout(timeout):
-            return msgpack.unpackb(await self.ws.recv(), raw=False)
-
-    async def until(self, kind: str, timeout: float = 5.0) -> dict:
-        while True:
-            msg = await self.recv(timeout)
-            if msg["type"] == kind:
-                return msg
-
-    async def closed(self) -> int | None:
-        with contextlib.suppress(ConnectionClosed, TimeoutError):
-            async with asyncio.timeout(5):
-                while True:
-                    await self.ws.recv()
-        return self.ws.close_code
-
-
-@contextlib.asynccontextmanager
-async def raw(url: str, hello: bytes | None = HELLO, **kw):
-    async with connect(url, compression=None, max_size=None, **kw) as ws:
-        r = Raw(ws)
-        if hello is not None:
-            await r.send(hello)
-            assert (await r.recv())["type"] == "ready"
-        yield r
 
 
 @contextlib.asynccontextmanager
@@ -221,6 +171,12 @@ async def test_missing_and_wrong_typed_fields() -> None:
         await expect_error(r, "bad_field")
         await r.send(frame(type="audio", seq=0, pcm=[0.0, 0.1]))
         await expect_error(r, "bad_field")
+        await r.send(frame(type="audio", seq=0, pcm=pack_array(np.zeros(3, "<f4")), volume=11))  # unknown
+        await expect_error(r, "bad_field")
+        await r.send(frame(type="ack"))  # needs sample and/or frame
+        await expect_error(r, "bad_field")
+        await r.send(frame(type="ack", sample=-1))
+        await expect_error(r, "bad_field")
         await still_works(r)
 
 
@@ -344,6 +300,29 @@ async def test_slow_reader_drops_oldest_audio_never_control() -> None:
         assert starts == sorted(starts) and any(
             b[0] > a[0] + a[1] for a, b in zip(pieces, pieces[1:], strict=False)
         )
+
+
+async def test_client_that_never_reads_is_closed_too_slow() -> None:
+    """Control messages are never dropped: a client that keeps asking (stats) but never reads piles them
+    up; past max_control_queue it is closed with too_slow / 1008. The good session is not slowed."""
+    async with server_with_good_session(max_control_queue=20, send_buffer_bytes=4096) as srv:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.connect(("127.0.0.1", srv.port))
+        async with raw(srv.url, sock=sock, max_queue=1) as r:
+            for _ in range(900):
+                await r.send(frame(type="stats"))
+            session = max(srv.sessions.values(), key=lambda s: s.sid)
+            while session.close_code is None:
+                await asyncio.sleep(0.05)
+            assert session.close_reason == "too_slow"
+            kinds = []
+            with contextlib.suppress(ConnectionClosed, TimeoutError):
+                while True:
+                    msg = await r.recv()
+                    kinds.append(msg.get("code", msg["type"]))
+            assert kinds[-1] == "too_slow" and kinds.count("stats") >= 20
+            assert r.ws.close_code == 1008
 
 
 async def test_idle_timeout_waits_while_the_server_is_busy() -> None:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
+import ssl
 import sys
 from pathlib import Path
 
 DEFAULT_URL = "ws://127.0.0.1:8765"
+TOKEN_ENV = "XCODEC_STREAM_TOKEN"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -68,7 +71,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--seconds", type=float, default=None, help="--mic: stop after this long (default: until Ctrl-C)"
     )
+    p.add_argument(
+        "--token",
+        default=os.environ.get(TOKEN_ENV),
+        help=f"auth token for a daemon that requires one (default: ${TOKEN_ENV})",
+    )
+    p.add_argument(
+        "--cafile", type=Path, default=None, help="wss://: trust this CA / self-signed certificate"
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="reconnect and resume the session if the connection drops (within the server's grace period)",
+    )
     p.set_defaults(func=run)
+
+
+def _connect_options(args: argparse.Namespace) -> dict:
+    """Client.connect keywords shared by every mode: auth token, TLS trust, automatic resume."""
+    ctx = ssl.create_default_context(cafile=str(args.cafile)) if args.cafile else None
+    return {"token": args.token, "ssl": ctx, "resume": args.resume}
 
 
 def _device(value: str | None) -> int | str | None:
@@ -116,6 +138,7 @@ async def _file(args: argparse.Namespace) -> int:
         latency=args.latency,
         bandwidth=args.bandwidth,
         want=want,
+        **_connect_options(args),
     )
     async with client:
         result = await stream(client, x, chunk_ms=args.chunk_ms, realtime=args.realtime)
@@ -183,6 +206,7 @@ async def _mic(args: argparse.Namespace) -> int:
         seconds=args.seconds,
         latency=args.latency,
         bandwidth=args.bandwidth,
+        **_connect_options(args),
     )
     print(report.text)
     return 0
@@ -201,13 +225,20 @@ async def _listen(args: argparse.Namespace) -> int:
             output_device=_device(args.output_device),
             device_rate=args.device_rate,
             jitter_ms=args.jitter_ms,
+            **_connect_options(args),
         )
         print(f"room {args.listen}: {done}", file=sys.stderr)
         return 0
     want = (["audio"] if args.out else []) + (["codes"] if args.codes_out else [])
     rate = args.device_rate or 16000
     client = await Client.connect(
-        args.url, mode="listen", room=args.listen, sample_rate=rate, want=want, format=args.format
+        args.url,
+        mode="listen",
+        room=args.listen,
+        sample_rate=rate,
+        want=want,
+        format=args.format,
+        **_connect_options(args),
     )
     async with client:
         result = await listen(client)

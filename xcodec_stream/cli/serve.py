@@ -44,6 +44,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="if the checkpoint cannot be had, serve random:full weights instead (LOUD warning: not speech)",
     )
     p.add_argument("--log-level", default=None, help="debug, info (default), warning, error")
+    p.add_argument(
+        "--log-format",
+        default=None,
+        choices=["text", "json"],
+        help="log lines as text (default) or JSON objects (with a session field); tokens are never logged",
+    )
     p.set_defaults(func=run)
 
 
@@ -90,6 +96,7 @@ def load_model(model_id: str, device: str, dtype: str, fallback_random: bool):
 
 def run(args: argparse.Namespace) -> int:
     from xcodec_stream.serving.config import load_config
+    from xcodec_stream.serving.logs import setup_logging
 
     overrides = {
         "model": args.model,
@@ -100,13 +107,10 @@ def run(args: argparse.Namespace) -> int:
         "max_sessions": args.max_sessions,
         "fallback_random": args.fallback_random,
         "log_level": args.log_level,
+        "log_format": args.log_format,
     }
     config = load_config(args.config, overrides)
-    logging.basicConfig(
-        level=config.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(config.log_level, config.log_format, sys.stderr)
     device = resolve_device(config.device)
     if config.torch_threads:
         import torch
@@ -126,7 +130,7 @@ async def serve(model, config, model_id: str, device: str) -> None:
         with contextlib.suppress(NotImplementedError, RuntimeError):  # not on this platform / thread
             loop.add_signal_handler(sig, stop.set)
     async with XcodecServer(model, config, model_id=model_id, device=device) as server:
-        http = server.url.replace("ws://", "http://", 1)
+        http = server.url.replace("ws", "http", 1)  # ws -> http, wss -> https
         log.info(
             "xcodec-stream serving %s (health: %s/healthz) | model %s on %s %s | presets %s loaded, %s allowed | "
             "max %d sessions",
@@ -140,4 +144,9 @@ async def serve(model, config, model_id: str, device: str) -> None:
             config.max_sessions,
         )
         await stop.wait()
-        log.info("stopping: closing %d session(s)", len(server.sessions))
+        log.info(
+            "stopping: no new connections; flushing %d session(s) (at most %g s)",
+            len(server.sessions),
+            config.drain_timeout_s,
+        )
+    log.info("stopped")

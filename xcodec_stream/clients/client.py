@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import contextlib
 import time
+from collections import deque
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from ssl import SSLContext
 from typing import Any
 
 import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
 
 from ..serving.protocol import PROTOCOL_VERSION, float_to_pcm, pack, pcm_to_float, unpack_server_message
 from .latency import LatencyTracker
@@ -27,15 +31,47 @@ class ServerError(RuntimeError):
 
 
 class Client:
-    """One session. `await Client.connect(url, mode=...)` performs the handshake; `ready` holds the answer."""
+    """One session. `await Client.connect(url, mode=...)` performs the handshake; `ready` holds the answer.
 
-    def __init__(self, ws: ClientConnection, ready: dict, fmt: str) -> None:
+    With `resume=True` (and a server that keeps sessions: `ready.resume_token`), a dropped connection is
+    re-established within the server's grace period and the session goes on: input the server had not
+    received is sent again (chunks are kept until consumed), output resumes exactly where it stopped.
+    Received output is acknowledged (`ack`) every `ack_interval_ms` so the server can let it go.
+    """
+
+    def __init__(
+        self,
+        ws: ClientConnection,
+        ready: dict,
+        fmt: str,
+        *,
+        reconnect: Callable[[], Awaitable[ClientConnection]] | None = None,
+        resume: bool = False,
+        ack_interval_ms: float = 100.0,
+        name: str | None = None,
+    ) -> None:
         self.ws = ws
         self.ready = ready
         self.format = fmt
         self.seq = 0
         self.frame = 0
         self.room: dict | None = None  # listeners: the room's parameters
+        self.token: str | None = ready.get("resume_token")
+        self.auto_resume = resume and self.token is not None and reconnect is not None
+        self.resumes = 0  # connections re-established
+        self.audio_end = 0  # output received so far: audio before this sample ...
+        self.frames_end = 0  # ... codes before this frame
+        self._reconnect_ws = reconnect
+        self._name = name
+        self._ack_s = ack_interval_ms / 1000.0
+        self._acked = (0, 0)
+        self._last_ack = 0.0
+        self._kept: deque[tuple[int, int, bytes]] = deque()  # input not yet consumed: (first, last, frame)
+        self._flush_sent = False
+        self._finished = False  # `done` received, or closed by us
+        self._inbox: deque[dict] = deque()  # `resumed` messages, delivered by recv()
+        self._lock = asyncio.Lock()  # sends and reconnections, in order
+        self._gen = 0  # connection generation
 
     @classmethod
     async def connect(
@@ -53,8 +89,31 @@ class Client:
         stats_interval_ms: int | None = None,
         max_size: int | None = 16 << 20,
         open_timeout: float = 10.0,
+        token: str | None = None,
+        ssl: SSLContext | None = None,
+        resume: bool = False,
+        ack_interval_ms: float = 100.0,
     ) -> Client:
-        ws = await connect(url, compression=None, max_size=max_size, open_timeout=open_timeout)
+        """`token`: sent as `Authorization: Bearer`; `ssl`: context for wss:// (e.g. a private CA);
+        `resume`: reconnect and resume the session automatically when the connection drops."""
+        headers = {"Authorization": f"Bearer {token}"} if token else None
+
+        async def open_ws() -> ClientConnection:
+            return await connect(
+                url,
+                compression=None,
+                max_size=max_size,
+                open_timeout=open_timeout,
+                additional_headers=headers,
+                ssl=ssl,
+            )
+
+        try:
+            ws = await open_ws()
+        except InvalidStatus as exc:
+            status = exc.response.status_code
+            code = "unauthorized" if status == 401 else "http_error"
+            raise ServerError(code, f"handshake refused: HTTP {status}") from None
         hello = {
             "type": "hello",
             "version": PROTOCOL_VERSION,
@@ -68,23 +127,10 @@ class Client:
             "client": name,
             "stats_interval_ms": stats_interval_ms,
         }
-        try:
-            await ws.send(pack(hello))
-        except ConnectionClosed:
-            pass  # the server may have refused us at once (server_full): its error is still to be read
-        try:
-            msg = unpack_server_message(await ws.recv())
-        except ConnectionClosed as exc:
-            raise ServerError(
-                "closed", f"connection closed during the handshake: {exc}", True, ws.close_code
-            ) from None
-        if msg["type"] == "error":
-            await ws.close()
-            raise ServerError(msg["code"], msg["message"], msg.get("fatal", True), ws.close_code)
-        if msg["type"] != "ready":
-            await ws.close()
-            raise ServerError("bad_message", f"expected ready, got {msg['type']}")
-        return cls(ws, msg, format)
+        msg = await _handshake(ws, hello, "ready")
+        return cls(
+            ws, msg, format, reconnect=open_ws, resume=resume, ack_interval_ms=ack_interval_ms, name=name
+        )
 
     async def __aenter__(self) -> Client:
         return self
@@ -98,43 +144,167 @@ class Client:
 
     async def send_audio(self, pcm: np.ndarray) -> int:
         """Send float32 samples (converted to the session format); returns the chunk's seq."""
-        seq = self.seq
-        await self.ws.send(
-            pack({"type": "audio", "seq": seq, "pcm": float_to_pcm(np.asarray(pcm), self.format)})
-        )
-        self.seq += 1
+        pcm = float_to_pcm(np.asarray(pcm), self.format)
+        async with self._lock:
+            seq = self.seq
+            self.seq += 1
+            frame = pack({"type": "audio", "seq": seq, "pcm": pcm})
+            await self._send(frame, keep=(seq, seq))
         return seq
 
     async def send_codes(self, codes: np.ndarray) -> int:
         """Send (n_q, F) codes; returns the index of their first frame."""
-        frame = self.frame
         codes = np.asarray(codes).astype("<u2")
-        await self.ws.send(pack({"type": "codes", "frame": frame, "codes": codes}))
-        self.frame += codes.shape[-1]
+        async with self._lock:
+            frame = self.frame
+            self.frame += codes.shape[-1]
+            data = pack({"type": "codes", "frame": frame, "codes": codes})
+            await self._send(data, keep=(frame, frame + codes.shape[-1] - 1))
         return frame
 
     async def flush(self) -> None:
-        await self.ws.send(pack({"type": "flush"}))
+        async with self._lock:
+            self._flush_sent = True
+            await self._send(pack({"type": "flush"}))
 
     async def request_stats(self) -> None:
-        await self.ws.send(pack({"type": "stats"}))
+        async with self._lock:
+            await self._send(pack({"type": "stats"}))
+
+    async def _send(self, frame: bytes, keep: tuple[int, int] | None = None) -> None:
+        """Send under the lock; chunks are kept until consumed. A dropped connection is resumed here (which
+        sends the kept chunks again, this one included)."""
+        if keep is not None and self.auto_resume:
+            self._kept.append((*keep, frame))
+        try:
+            await self.ws.send(frame)
+        except ConnectionClosed as exc:
+            if not self._can_resume():
+                raise ServerError("closed", f"connection closed: {exc}", True, self.ws.close_code) from None
+            await self._resume()
 
     async def recv(self) -> dict:
-        """Next server message, arrays decoded (audio pcm as float32). Fatal errors raise ServerError."""
-        try:
-            msg = unpack_server_message(await self.ws.recv())
-        except ConnectionClosed as exc:
-            raise ServerError("closed", f"connection closed: {exc}", True, self.ws.close_code) from None
-        if msg["type"] == "audio":
-            msg["pcm"] = pcm_to_float(msg["pcm"])
-        elif msg["type"] == "room":
-            self.room = msg
-        elif msg["type"] == "error" and msg.get("fatal"):
-            raise ServerError(msg["code"], msg["message"], True)
-        return msg
+        """Next server message, arrays decoded (audio pcm as float32). Fatal errors raise ServerError. With
+        auto-resume, a dropped connection is resumed and a `resumed` message is returned in its place."""
+        while True:
+            if self._inbox:
+                return self._inbox.popleft()
+            gen = self._gen
+            try:
+                data = await self.ws.recv()
+            except ConnectionClosed as exc:
+                if not self._can_resume():
+                    raise ServerError(
+                        "closed", f"connection closed: {exc}", True, self.ws.close_code
+                    ) from None
+                async with self._lock:
+                    if gen == self._gen:  # (the sender may have resumed already)
+                        await self._resume()
+                continue
+            msg = unpack_server_message(data)
+            self._received(msg)
+            if msg["type"] == "audio":
+                msg["pcm"] = pcm_to_float(msg["pcm"])
+            elif msg["type"] == "room":
+                self.room = msg
+            elif msg["type"] == "error" and msg.get("fatal"):
+                self._finished = True
+                raise ServerError(msg["code"], msg["message"], True)
+            if self.auto_resume:
+                await self._maybe_ack()
+            return msg
+
+    def _received(self, msg: dict) -> None:
+        kind = msg["type"]
+        if kind == "audio":
+            self.audio_end = max(self.audio_end, msg["sample"] + msg["pcm"].shape[-1])
+        elif kind == "codes":
+            self.frames_end = max(self.frames_end, msg["frame"] + msg["codes"].shape[-1])
+        elif kind == "done":
+            self._finished = True
+        seq_end = msg.get("seq_end")
+        if seq_end is not None:  # consumed: no resend needed any more
+            while self._kept and self._kept[0][1] <= seq_end:
+                self._kept.popleft()
+
+    async def _maybe_ack(self) -> None:
+        now = time.monotonic()
+        pos = (self.audio_end, self.frames_end)
+        if pos != self._acked and now - self._last_ack >= self._ack_s:
+            self._acked, self._last_ack = pos, now
+            with contextlib.suppress(ConnectionClosed):  # a dropped connection shows in recv()
+                await self.ws.send(pack({"type": "ack", "sample": pos[0], "frame": pos[1]}))
+
+    def _can_resume(self) -> bool:
+        # no close frame from the server: the connection dropped (a server that ends a session says why)
+        return self.auto_resume and not self._finished and self.ws.protocol.close_rcvd is None
+
+    async def _resume(self) -> None:
+        """Reconnect (called under the lock) until the server's grace period is over; then send the input it
+        has not received, and the flush if it was lost."""
+        grace = float(self.ready.get("limits", {}).get("resume_grace_s") or 0.0)
+        deadline = time.monotonic() + max(grace, 1.0)
+        delay = 0.05
+        hello = {
+            "type": "hello",
+            "version": PROTOCOL_VERSION,
+            "resume": self.token,
+            "sample": self.audio_end,
+            "frame": self.frames_end,
+            "client": self._name,
+        }
+        while True:
+            try:
+                ws = await self._reconnect_ws()
+                resumed = await _handshake(ws, hello, "resumed")
+                break
+            except ServerError as exc:
+                if exc.code not in ("closed", "server_full", "http_error") or time.monotonic() > deadline:
+                    self._finished = True
+                    raise
+            except (OSError, TimeoutError, InvalidHandshake) as exc:
+                if time.monotonic() > deadline:
+                    self._finished = True
+                    raise ServerError("closed", f"could not resume the session: {exc}") from None
+            await asyncio.sleep(delay)
+            delay = min(2 * delay, 1.0)
+        self.ws = ws
+        self._gen += 1
+        self.resumes += 1
+        self._inbox.append(resumed)
+        first = resumed.get("next_frame" if "next_frame" in resumed else "next_seq")
+        if first is not None:
+            while self._kept and self._kept[0][0] < first:
+                self._kept.popleft()
+            for _, _, frame in list(self._kept):
+                await ws.send(frame)
+        if self._flush_sent and resumed["state"] == "ready":
+            await ws.send(pack({"type": "flush"}))
 
     async def close(self) -> None:
+        self._finished = True
         await self.ws.close()
+
+
+async def _handshake(ws: ClientConnection, hello: dict, expect: str) -> dict:
+    """Send `hello`, return the answer of type `expect`; an `error` (or anything else) raises ServerError."""
+    try:
+        await ws.send(pack(hello))
+    except ConnectionClosed:
+        pass  # the server may have refused us at once (server_full): its error is still to be read
+    try:
+        msg = unpack_server_message(await ws.recv())
+    except ConnectionClosed as exc:
+        raise ServerError(
+            "closed", f"connection closed during the handshake: {exc}", True, ws.close_code
+        ) from None
+    if msg["type"] == "error":
+        await ws.close()
+        raise ServerError(msg["code"], msg["message"], msg.get("fatal", True), ws.close_code)
+    if msg["type"] != expect:
+        await ws.close()
+        raise ServerError("bad_message", f"expected {expect}, got {msg['type']}")
+    return msg
 
 
 @dataclass
@@ -300,6 +470,16 @@ async def stream(
         if not recv_task.done():
             await client.flush()
         await recv_task
+    except ServerError as exc:
+        if exc.code != "closed":
+            raise
+        # A send hit a closed socket: what the server said before closing decides (an error, or `done`:
+        # the server ended the stream itself, e.g. when shutting down, and the result stands).
+        await asyncio.wait({recv_task}, timeout=2.0)
+        if not recv_task.done() or recv_task.cancelled():
+            raise
+        if recv_task.exception() is not None:
+            raise recv_task.exception() from None
     finally:
         if not recv_task.done():
             recv_task.cancel()

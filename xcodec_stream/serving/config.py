@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import os
+import re
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +13,9 @@ from typing import Any
 from .protocol import LATENCY_PRESETS
 
 DEFAULT_MODEL = "hf-audio/xcodec-hubert-librispeech"
+TOKENS_ENV = "XCODEC_STREAM_TOKENS"  # comma- or space-separated tokens, added to [auth] tokens
+LOG_FORMATS = ("text", "json")
+_SECRETS = {"auth_tokens"}  # never printed, not even in error messages
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,7 @@ class ServerConfig:
     ping_interval_s: float | None = 20.0
     ping_timeout_s: float | None = 20.0
     send_buffer_bytes: int = 0
+    drain_timeout_s: float = 10.0
     # [stream]
     default_latency: str = "balanced"
     presets: tuple[str, ...] = ("balanced",)
@@ -52,9 +58,22 @@ class ServerConfig:
     max_chunks_per_step: int = 0
     batch_wait_ms: float = 0.0
     torch_threads: int = 0
+    # [auth]
+    auth_tokens: tuple[str, ...] = field(default=(), repr=False)
+    # [tls]
+    tls_cert: str = ""
+    tls_key: str = ""
+    # [resume]
+    resume_grace_s: float = 10.0
+    resume_max_unacked_ms: float = 5000.0
+    # [metrics]
+    metrics_enabled: bool = True
+    metrics_public: bool = False
+    # [http]
+    allowed_origins: tuple[str, ...] = ()
     # [log]
     log_level: str = "info"
-    extra: dict[str, Any] = field(default_factory=dict)  # sections owned by later features, kept verbatim
+    log_format: str = "text"
 
     @property
     def capacity(self) -> int:
@@ -81,7 +100,23 @@ class ServerConfig:
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.max_message_bytes < 4096:
             raise ValueError("max_message_bytes must be >= 4096")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("[tls] needs both cert and key (or neither)")
+        if any(not t or re.search(r"\s", t) for t in self.auth_tokens):
+            raise ValueError("[auth] tokens must be non-empty and contain no whitespace")
+        if self.resume_grace_s < 0 or self.drain_timeout_s < 0:
+            raise ValueError("resume grace_s and drain_timeout_s must be >= 0")
+        if self.log_format not in LOG_FORMATS:
+            raise ValueError(f"log format must be one of {list(LOG_FORMATS)}, got {self.log_format!r}")
         return self
+
+    @property
+    def auth_enabled(self) -> bool:
+        return bool(self.auth_tokens)
+
+    @property
+    def resume_enabled(self) -> bool:
+        return self.resume_grace_s > 0
 
 
 # TOML section -> {toml key: dataclass field}
@@ -99,6 +134,7 @@ SECTIONS: dict[str, dict[str, str]] = {
             "ping_interval_s",
             "ping_timeout_s",
             "send_buffer_bytes",
+            "drain_timeout_s",
         )
     },
     "stream": {
@@ -127,10 +163,13 @@ SECTIONS: dict[str, dict[str, str]] = {
         k: k
         for k in ("batch_capacity", "max_step_ms", "max_chunks_per_step", "batch_wait_ms", "torch_threads")
     },
-    "log": {"level": "log_level"},
+    "auth": {"tokens": "auth_tokens"},
+    "tls": {"cert": "tls_cert", "key": "tls_key"},
+    "resume": {"grace_s": "resume_grace_s", "max_unacked_ms": "resume_max_unacked_ms"},
+    "metrics": {"enabled": "metrics_enabled", "public": "metrics_public"},
+    "http": {"allowed_origins": "allowed_origins"},
+    "log": {"level": "log_level", "format": "log_format"},
 }
-# Sections reserved for features that come later (auth, tls, resume, metrics, http pages): kept, not checked here.
-RESERVED_SECTIONS = ("auth", "tls", "resume", "metrics", "http")
 # TOML cannot say None: these options take 0 or "" to mean "not set".
 _NONE_IF_FALSY = {"default_bandwidth", "ping_interval_s", "ping_timeout_s"}
 
@@ -155,14 +194,21 @@ def _coerce(name: str, value: Any) -> Any:
     else:
         ok = True
     if not ok:
-        raise ValueError(f"option {name} has the wrong type: {value!r}")
+        shown = "<hidden>" if name in _SECRETS else repr(value)
+        raise ValueError(f"option {name} has the wrong type: {shown}")
     return value
 
 
+def tokens_from_env(environ: dict[str, str] | None = None) -> tuple[str, ...]:
+    """Tokens in XCODEC_STREAM_TOKENS (comma or whitespace separated)."""
+    raw = (os.environ if environ is None else environ).get(TOKENS_ENV, "")
+    return tuple(t for t in re.split(r"[,\s]+", raw) if t)
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> ServerConfig:
-    """Defaults <- TOML file (if given) <- overrides (flags; None values are ignored)."""
+    """Defaults <- TOML file (if given) <- overrides (flags; None values are ignored). Tokens in the
+    environment (XCODEC_STREAM_TOKENS) are added to the file's."""
     values: dict[str, Any] = {}
-    extra: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
         if not path.is_file():
@@ -172,9 +218,6 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
         except tomllib.TOMLDecodeError as exc:
             raise ValueError(f"{path}: invalid TOML: {exc}") from None
         for section, table in data.items():
-            if section in RESERVED_SECTIONS:
-                extra[section] = table
-                continue
             if section not in SECTIONS or not isinstance(table, dict):
                 raise ValueError(f"{path}: unknown section [{section}]; known: {sorted(SECTIONS)}")
             for key, value in table.items():
@@ -190,4 +233,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None
     for name, value in (overrides or {}).items():
         if value is not None:
             values[name] = _coerce(name, value)
-    return ServerConfig(**values, extra=extra).validate()
+    env_tokens = tokens_from_env()
+    if env_tokens:
+        values["auth_tokens"] = (*values.get("auth_tokens", ()), *env_tokens)
+    return ServerConfig(**values).validate()

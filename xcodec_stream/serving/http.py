@@ -78,13 +78,18 @@ class HttpRouter:
         else:
             out = handler(request)
             reply = await out if inspect.isawaitable(out) else out
-        response = connection.respond(reply.status, "")
-        headers = response.headers
-        del headers["Content-Type"]
-        del headers["Content-Length"]
-        headers["Content-Type"] = reply.content_type
-        headers["Content-Length"] = str(len(reply.body))
-        headers["Cache-Control"] = "no-store"
-        for k, v in reply.headers.items():
-            headers[k] = v
-        return dataclasses.replace(response, body=reply.body)
+        return respond(connection, reply)
+
+
+def respond(connection: ServerConnection, reply: HttpReply) -> Response:
+    """The HTTP response for `reply` (uncached), in place of the WebSocket handshake."""
+    response = connection.respond(reply.status, "")
+    headers = response.headers
+    del headers["Content-Type"]
+    del headers["Content-Length"]
+    headers["Content-Type"] = reply.content_type
+    headers["Content-Length"] = str(len(reply.body))
+    headers["Cache-Control"] = "no-store"
+    for k, v in reply.headers.items():
+        headers[k] = v
+    return dataclasses.replace(response, body=reply.body)

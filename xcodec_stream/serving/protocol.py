@@ -21,6 +21,7 @@ MIN_SAMPLE_RATE, MAX_SAMPLE_RATE = 8000, 48000
 MAX_SEQ = 2**53  # keeps every counter exact in JavaScript numbers too
 ROOM_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 MAX_CLIENT_NAME = 128
+MAX_TOKEN = 128  # resume tokens the server issues are 22 characters; anything this long is not one
 
 # WebSocket close codes the server uses (RFC 6455 section 7.4.1, and 4000-4999 for this application).
 CLOSE_NORMAL = 1000
@@ -33,7 +34,9 @@ CLOSE_TOO_BIG = 1009  # frame over max_message_bytes (sent by the WebSocket laye
 CLOSE_INTERNAL = 1011  # server fault
 CLOSE_TRY_AGAIN = 1013  # server full (retry later)
 CLOSE_IDLE = 4000  # no message within idle_timeout_s
+CLOSE_RESUMED_ELSEWHERE = 4001  # this connection's session was resumed on another connection
 CLOSE_ROOM_NOT_FOUND = 4004
+CLOSE_RESUME_FAILED = 4005  # resume token unknown or expired, or the position cannot be served
 CLOSE_ROOM_BUSY = 4009
 CLOSE_ROOM_ENDED = 4010  # listener: the room's publisher finished or left (after its `done`)
 
@@ -77,9 +80,18 @@ ERRORS: dict[str, ErrorSpec] = {
     ),
     "too_slow": ErrorSpec(True, CLOSE_POLICY, "the client stopped reading and its control messages piled up"),
     "server_full": ErrorSpec(True, CLOSE_TRY_AGAIN, "max_sessions reached; retry later"),
+    "server_busy": ErrorSpec(
+        True, CLOSE_TRY_AGAIN, "shed under memory pressure (out of memory); retry later"
+    ),
     "idle_timeout": ErrorSpec(True, CLOSE_IDLE, "no message within idle_timeout_s"),
     "room_not_found": ErrorSpec(True, CLOSE_ROOM_NOT_FOUND, "listen: no publisher in that room"),
     "room_busy": ErrorSpec(True, CLOSE_ROOM_BUSY, "publish: the room already has a publisher"),
+    "resume_failed": ErrorSpec(
+        True, CLOSE_RESUME_FAILED, "resume token unknown or expired, or a position the server cannot serve"
+    ),
+    "resumed_elsewhere": ErrorSpec(
+        True, CLOSE_RESUMED_ELSEWHERE, "the session was resumed on another connection"
+    ),
     "internal": ErrorSpec(True, CLOSE_INTERNAL, "server fault while processing this session"),
     "shutting_down": ErrorSpec(True, CLOSE_GOING_AWAY, "the server is stopping"),
 }
@@ -106,7 +118,7 @@ class ProtocolError(Exception):
 @dataclass(frozen=True)
 class Hello:
     version: int
-    mode: str
+    mode: str | None  # None only when resuming (the session keeps its mode)
     sample_rate: int = 16000
     format: str = "f32"
     bandwidth: float | None = None  # kbps; None = the model's highest
@@ -115,6 +127,9 @@ class Hello:
     want: tuple[str, ...] | None = None  # None = the mode's default
     client: str | None = None
     stats_interval_ms: int | None = None
+    resume: str | None = None  # resume token from a previous `ready`
+    sample: int | None = None  # resuming: audio output received so far (next sample expected)
+    frame: int | None = None  # resuming: codes output received so far (next frame expected)
 
 
 @dataclass(frozen=True)
@@ -139,7 +154,15 @@ class StatsRequest:
     pass
 
 
-ClientMessage = Hello | Audio | Codes | Flush | StatsRequest
+@dataclass(frozen=True)
+class Ack:
+    """Output received by the client: audio before `sample`, codes before `frame` (for resume)."""
+
+    sample: int | None = None
+    frame: int | None = None
+
+
+ClientMessage = Hello | Audio | Codes | Flush | StatsRequest | Ack
 
 
 def _int(v: Any) -> bool:
@@ -206,7 +229,51 @@ def parse_client_message(data: bytes | bytearray | memoryview | str) -> ClientMe
     return parser(msg)
 
 
+def _position(msg: dict, name: str) -> int | None:
+    v = _field(msg, name, "int")
+    if v is not None and not 0 <= v < MAX_SEQ:
+        raise ProtocolError("bad_field", f"{msg['type']}.{name} must be 0..2^53-1, got {v}")
+    return v
+
+
+def _client_name(msg: dict) -> str | None:
+    client = _field(msg, "client", "str")
+    if client is not None and len(client) > MAX_CLIENT_NAME:
+        raise ProtocolError("bad_field", f"hello.client is limited to {MAX_CLIENT_NAME} characters")
+    return client
+
+
+def _version(msg: dict) -> int:
+    version = _field(msg, "version", "int", required=True)
+    if version != PROTOCOL_VERSION:
+        raise ProtocolError(
+            "unsupported_version",
+            f"protocol version {version} not supported; this server speaks {PROTOCOL_VERSION}",
+        )
+    return version
+
+
+def _parse_resume(msg: dict) -> Hello:
+    """hello {resume: token, sample?, frame?}: the session's parameters are kept, so none may be given."""
+    _only(msg, {"version", "resume", "sample", "frame", "client"})
+    version = _version(msg)
+    token = _field(msg, "resume", "str")
+    if not 0 < len(token) <= MAX_TOKEN:
+        raise ProtocolError("bad_field", f"hello.resume must be 1..{MAX_TOKEN} characters")
+    client = _client_name(msg)
+    return Hello(
+        version,
+        None,
+        client=client,
+        resume=token,
+        sample=_position(msg, "sample"),
+        frame=_position(msg, "frame"),
+    )
+
+
 def _parse_hello(msg: dict) -> Hello:
+    if msg.get("resume") is not None:
+        return _parse_resume(msg)
     _only(
         msg,
         {
@@ -222,12 +289,7 @@ def _parse_hello(msg: dict) -> Hello:
             "stats_interval_ms",
         },
     )
-    version = _field(msg, "version", "int", required=True)
-    if version != PROTOCOL_VERSION:
-        raise ProtocolError(
-            "unsupported_version",
-            f"protocol version {version} not supported; this server speaks {PROTOCOL_VERSION}",
-        )
+    version = _version(msg)
     mode = _field(msg, "mode", "str", required=True)
     if mode not in MODES:
         raise ProtocolError("bad_field", f"hello.mode must be one of {list(MODES)}, got {mode[:40]!r}")
@@ -267,9 +329,7 @@ def _parse_hello(msg: dict) -> Hello:
         if mode in ("encode", "decode"):
             raise ProtocolError("bad_field", f"hello.want is fixed in {mode} mode; leave it out")
         want = tuple(want)
-    client = _field(msg, "client", "str")
-    if client is not None and len(client) > MAX_CLIENT_NAME:
-        raise ProtocolError("bad_field", f"hello.client is limited to {MAX_CLIENT_NAME} characters")
+    client = _client_name(msg)
     stats_ms = _field(msg, "stats_interval_ms", "int")
     if stats_ms is not None and not (stats_ms == 0 or 100 <= stats_ms <= 3_600_000):
         raise ProtocolError("bad_field", "hello.stats_interval_ms must be 0 (off) or 100..3600000")
@@ -332,12 +392,21 @@ def _parse_stats(msg: dict) -> StatsRequest:
     return StatsRequest()
 
 
+def _parse_ack(msg: dict) -> Ack:
+    _only(msg, {"sample", "frame"})
+    sample, frame = _position(msg, "sample"), _position(msg, "frame")
+    if sample is None and frame is None:
+        raise ProtocolError("bad_field", "ack needs sample and/or frame")
+    return Ack(sample, frame)
+
+
 _PARSERS = {
     "hello": _parse_hello,
     "audio": _parse_audio,
     "codes": _parse_codes,
     "flush": _parse_flush,
     "stats": _parse_stats,
+    "ack": _parse_ack,
 }
 
 

@@ -1,4 +1,5 @@
-"""The asyncio WebSocket daemon: thin I/O around Session (protocol), Worker (compute thread) and the HTTP router."""
+"""The asyncio WebSocket daemon: connections (admission, auth, resume, drain on shutdown) around Session (protocol),
+Worker (compute thread) and the HTTP router (/healthz, /metrics, the web page)."""
 
 from __future__ import annotations
 
@@ -8,19 +9,36 @@ import itertools
 import logging
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
 
+from .auth import TokenAuth, unauthorized
 from .config import ServerConfig
 from .http import HttpReply, HttpRouter
-from .protocol import CLOSE_INTERNAL, PROTOCOL_VERSION, ProtocolError, pack
+from .logs import RedactSecrets
+from .metrics import Metrics
+from .protocol import (
+    CLOSE_INTERNAL,
+    CLOSE_NORMAL,
+    PROTOCOL_VERSION,
+    Hello,
+    ProtocolError,
+    pack,
+    parse_client_message,
+)
+from .resume import ResumeRegistry
 from .rooms import RoomRegistry
 from .sessions import CodecInfo, Session, error_close
+from .tls import server_context
 from .worker import StepResult, Worker
 
 log = logging.getLogger("xcodec_stream.server")
+WS_LOG = "xcodec_stream.ws"  # the websockets library's records (handshakes, pings), secrets redacted
 
 DRAIN_TIMEOUT_S = 2.0  # how long a closing session may take to send what is queued before the close frame
 
@@ -39,6 +57,24 @@ def codec_info(model: Any, model_id: str) -> CodecInfo:
     )
 
 
+def _resume_hello(data: bytes | str) -> Hello | None:
+    """The first frame of a connection, if it is a valid resume (anything else goes to a new Session)."""
+    try:
+        msg = parse_client_message(data)
+    except ProtocolError:
+        return None
+    return msg if isinstance(msg, Hello) and msg.resume is not None else None
+
+
+class _Link:
+    """One connection serving a session; a resume moves the session to a new link and kicks the old one."""
+
+    def __init__(self, ws: ServerConnection) -> None:
+        self.ws = ws
+        self.pump: asyncio.Task | None = None
+        self.kicked = False
+
+
 class XcodecServer:
     """`async with XcodecServer(model, config) as srv:` serves on `srv.url` until the block exits."""
 
@@ -49,21 +85,30 @@ class XcodecServer:
         self.config = config
         self.device = device or str(getattr(model, "device", "cpu"))
         self.codec = codec_info(model, model_id or config.model)
-        self.sessions: dict[int, Session] = {}
+        self.sessions: dict[int, Session] = {}  # every session: connected, resumable (detached), opening
         self.rooms = RoomRegistry()
+        self.metrics = Metrics(lambda: list(self.sessions.values()))
+        self.auth = TokenAuth(config.auth_tokens)
+        self.resumes = ResumeRegistry(config.resume_grace_s, self._end)
         self.router = HttpRouter()
         self.router.add("/healthz", self._healthz)
+        if config.metrics_enabled:
+            self.router.add("/metrics", self._metrics)
         self._ids = itertools.count(1)
+        self._links: dict[int, _Link] = {}
+        self._handshaking = 0  # connections admitted, first message not yet read
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ws: Server | None = None
         self.worker: Worker | None = None
         self.port = 0
         self.started = time.monotonic()
         self.sessions_total = 0
+        self.stopping = False
 
     @property
     def url(self) -> str:
-        return f"ws://{self.config.host}:{self.port}"
+        scheme = "wss" if self.config.tls_cert else "ws"
+        return f"{scheme}://{self.config.host}:{self.port}"
 
     async def __aenter__(self) -> XcodecServer:
         await self.start()
@@ -75,6 +120,7 @@ class XcodecServer:
     async def start(self) -> None:
         cfg = self.config
         self._loop = asyncio.get_running_loop()
+        ssl = server_context(cfg.tls_cert, cfg.tls_key) if cfg.tls_cert else None
         self.worker = Worker(
             self.model,
             self._emit,
@@ -85,39 +131,62 @@ class XcodecServer:
             zero_crossings=cfg.resampler_zero_crossings,
             preload=cfg.presets,
             torch_threads=cfg.torch_threads,
+            observe=self.metrics.observe_step,
         )
         await self._loop.run_in_executor(
             None, self.worker.start
         )  # preloading engines must not block the loop
+        ws_log = logging.getLogger(WS_LOG)
+        if not any(isinstance(f, RedactSecrets) for f in ws_log.filters):
+            ws_log.addFilter(RedactSecrets())  # websockets logs request lines and headers at debug level
         self._ws = await serve(
             self._handler,
             cfg.host,
             cfg.port,
+            ssl=ssl,
             compression=None,  # per-message deflate costs memory per connection and gains nothing on audio
             max_size=cfg.max_message_bytes,
             open_timeout=cfg.handshake_timeout_s,
             ping_interval=cfg.ping_interval_s,
             ping_timeout=cfg.ping_timeout_s,
-            process_request=self.router.process_request,
+            # browsers send Origin and must match; other clients send none (None admits them)
+            origins=[*cfg.allowed_origins, None] if cfg.allowed_origins else None,
+            process_request=self._process_request,
+            logger=ws_log,
         )
         self.port = self._ws.sockets[0].getsockname()[1]
         self.started = time.monotonic()
 
     async def close(self) -> None:
-        """Stop accepting, close every connection (error shutting_down, 1001), stop the worker. Idempotent."""
-        if self._ws is not None:
+        """Stop accepting; flush every open session (its client gets the remaining output and `done`), then
+        close each with `shutting_down` / 1001; end sessions waiting for a resume; stop the worker. Bounded by
+        drain_timeout_s (+ DRAIN_TIMEOUT_S for the sockets). Idempotent."""
+        if self._ws is not None and not self.stopping:
+            self.stopping = True
+            self._ws.server.close()  # the listening socket: new connections are refused from now on
+            for session in self.resumes.close():
+                self._end(session)  # detached: nobody to deliver to
             for session in list(self.sessions.values()):
-                session.fail(ProtocolError("shutting_down", "the server is stopping"))
-            for _ in range(int(DRAIN_TIMEOUT_S / 0.01)):  # the handlers drain and close with 1001
-                if not self.sessions:
-                    break
-                await asyncio.sleep(0.01)
-            self._ws.close()
+                session.begin_shutdown()
+            await self._until(
+                lambda: all(s.drained for s in self.sessions.values()), self.config.drain_timeout_s
+            )
+            for session in list(self.sessions.values()):
+                if session.close_code is None:
+                    session.fail(ProtocolError("shutting_down", "the server is stopping"))
+            await self._until(lambda: not self.sessions, DRAIN_TIMEOUT_S + 1.0)
+            self._ws.close()  # anything left (connections still in their handshake): 1001
             await self._ws.wait_closed()
             self._ws = None
         if self.worker is not None:
             worker, self.worker = self.worker, None
             await asyncio.get_running_loop().run_in_executor(None, worker.stop)
+
+    @staticmethod
+    async def _until(done: Callable[[], bool], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not done() and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
 
     async def serve_forever(self) -> None:
         assert self._ws is not None, "call start() first"
@@ -138,19 +207,66 @@ class XcodecServer:
                 session.on_result(result)
 
     # ---------------------------------------------------------------- connections
+    def _full(self) -> bool:
+        return len(self.sessions) + self._handshaking >= self.config.max_sessions
+
+    async def _reject(self, ws: ServerConnection, err: ProtocolError) -> None:
+        """Error message and close, for a connection without a session (or one that lost it)."""
+        self.metrics.error(err.code)
+        frame, code, reason = error_close(err)
+        with contextlib.suppress(ConnectionClosed):
+            await ws.send(frame)
+            await ws.close(code, reason)
+
+    def _server_full(self) -> ProtocolError:
+        return ProtocolError("server_full", f"{self.config.max_sessions} sessions already; retry later")
+
     async def _handler(self, ws: ServerConnection) -> None:
-        if len(self.sessions) >= self.config.max_sessions:
-            frame, code, reason = error_close(
-                ProtocolError("server_full", f"{self.config.max_sessions} sessions already; retry later")
-            )
-            with contextlib.suppress(ConnectionClosed):
-                await ws.send(frame)
-                await ws.close(code, reason)
+        if self.stopping:
+            await self._reject(ws, ProtocolError("shutting_down", "the server is stopping"))
             return
+        # Full: refuse at once, unless a dropped session may be coming back (its resume needs no new slot).
+        if self._full() and not self.resumes.detached:
+            await self._reject(ws, self._server_full())
+            return
+        self._handshaking += 1
+        try:
+            first = await self._first_frame(ws)
+        finally:
+            self._handshaking -= 1
+        if first is None:
+            return
+        hello = _resume_hello(first)
+        if hello is not None:
+            await self._resume(ws, hello)
+            return
+        if self.stopping or self._full():
+            stopping = ProtocolError("shutting_down", "the server is stopping")
+            await self._reject(ws, stopping if self.stopping else self._server_full())
+            return
+        session = self._new_session()
         if self.config.send_buffer_bytes:
             sock = ws.transport.get_extra_info("socket")
             if sock is not None:  # a small kernel buffer makes the slow-reader policy act sooner
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, self.config.send_buffer_bytes)
+        session.log.debug("connected from %s", ws.remote_address)
+        await session.handle(first)
+        await self._serve(ws, session)
+
+    async def _first_frame(self, ws: ServerConnection) -> bytes | str | None:
+        timeout = self.config.handshake_timeout_s
+        try:
+            async with asyncio.timeout(timeout):
+                data = await ws.recv()
+        except TimeoutError:
+            await self._reject(ws, ProtocolError("idle_timeout", f"no hello within {timeout:g} s"))
+            return None
+        except ConnectionClosed:
+            return None
+        self.metrics.bytes_in.inc(len(data))
+        return data
+
+    def _new_session(self) -> Session:
         sid = next(self._ids)
         session = Session(
             sid,
@@ -159,34 +275,105 @@ class XcodecServer:
             worker=self.worker,
             rooms=self.rooms,
             sessions=self.sessions,
+            metrics=self.metrics,
         )
+        if self.config.resume_enabled:
+            session.token = self.resumes.issue(session)
         self.sessions[sid] = session
         self.sessions_total += 1
-        peer = ws.remote_address
-        log.debug("session %d: connected from %s", sid, peer)
+        return session
+
+    async def _resume(self, ws: ServerConnection, hello: Hello) -> None:
+        session = self.resumes.find(hello.resume) if self.config.resume_enabled else None
+        if session is None or session.state == "closed" or self.stopping:
+            await self._reject(ws, ProtocolError("resume_failed", "unknown or expired resume token"))
+            return
+        try:
+            session.check_resume(hello)
+        except ProtocolError as err:
+            await self._reject(ws, err)
+            return
+        old = self._links.get(session.sid)
+        if old is not None:  # the old connection is not known to be dead yet (e.g. a half-open TCP)
+            await self._kick(old)
+        self.resumes.claim(session.token)
+        session.out.put_front(session.resume_front(hello))
+        self.metrics.resumes.inc()
+        session.log.info("resumed from %s", ws.remote_address)
+        await self._serve(ws, session)
+
+    async def _kick(self, link: _Link) -> None:
+        link.kicked = True
+        if link.pump is not None:
+            link.pump.cancel()
+            await asyncio.wait({link.pump})  # its writer has stopped: nothing more goes to the old socket
+
+    async def _serve(self, ws: ServerConnection, session: Session) -> None:
+        """Pump the session over this connection; afterwards end the session, or keep it for a resume."""
+        link = _Link(ws)
+        self._links[session.sid] = link
+        session.attached = True
+        link.pump = asyncio.create_task(self._pump(ws, session))
+        try:
+            await asyncio.wait({link.pump})
+        except asyncio.CancelledError:  # the handler itself is cancelled: nothing will come back for it
+            link.pump.cancel()
+            self._end(session)
+            raise
+        if link.kicked:
+            await self._reject(ws, ProtocolError("resumed_elsewhere", "this session was resumed elsewhere"))
+            return
+        self._links.pop(session.sid, None)
+        if session.close_code is None and self._resumable(session, ws):
+            session.attached = False
+            self.resumes.detach(session.token)
+            session.log.info(
+                "connection lost (close %s): kept %g s for a resume",
+                ws.close_code,
+                self.config.resume_grace_s,
+            )
+            return
+        self._end(session)
+
+    def _resumable(self, session: Session, ws: ServerConnection) -> bool:
+        """A session whose connection ended without a normal close from its client is kept for a resume."""
+        return (
+            session.token is not None
+            and session.state in ("ready", "flushing", "done")
+            and not self.stopping
+            and ws.close_code != CLOSE_NORMAL
+        )
+
+    def _end(self, session: Session) -> None:
+        if not session.attached:
+            session.log.info("not resumed: closed")
+        session.close()
+        self.sessions.pop(session.sid, None)
+        self._links.pop(session.sid, None)
+        self.resumes.forget(session.token)
+        session.log.debug("gone (%s)", session.close_reason or "client closed")
+
+    async def _pump(self, ws: ServerConnection, session: Session) -> None:
         reader = asyncio.create_task(self._read(ws, session))
         writer = asyncio.create_task(self._write(ws, session))
         closing = asyncio.create_task(session.closing.wait())
         try:
             await asyncio.wait({reader, closing}, return_when=asyncio.FIRST_COMPLETED)
-            if reader.done() and reader.exception() is not None:
-                log.error("session %d: handler failed", sid, exc_info=reader.exception())
+            if reader.done() and not reader.cancelled() and reader.exception() is not None:
+                session.log.error("handler failed", exc_info=reader.exception())
                 session.fail(ProtocolError("internal", "server fault; see the server log"))
             if session.close_code is not None:
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(DRAIN_TIMEOUT_S):
                         await session.out.join()
                         await asyncio.sleep(0)  # let the writer hand its last frame to the transport
-                log.info("session %d: closing %d %s", sid, session.close_code, session.close_reason)
+                session.log.info("closing %d %s", session.close_code, session.close_reason)
                 with contextlib.suppress(ConnectionClosed):
                     await ws.close(session.close_code, session.close_reason)
         finally:
             for task in (reader, writer, closing):
                 task.cancel()
             await asyncio.gather(reader, writer, closing, return_exceptions=True)
-            session.close()
-            self.sessions.pop(sid, None)
-            log.debug("session %d: gone (%s)", sid, session.close_reason or "client closed")
 
     async def _read(self, ws: ServerConnection, session: Session) -> None:
         """Feed frames to the session. Once it is closing, keep reading (and dropping) frames: the peer's
@@ -212,6 +399,7 @@ class XcodecServer:
                 continue
             except ConnectionClosed:
                 return
+            self.metrics.bytes_in.inc(len(data))
             if session.close_code is None:
                 await session.handle(data)
 
@@ -219,23 +407,38 @@ class XcodecServer:
         try:
             while True:
                 msg = await session.out.get()
-                await ws.send(pack(msg))
+                session.sending(msg)  # before the send: a message lost with the connection can be replayed
+                frame = pack(msg)
+                await ws.send(frame)
+                self.metrics.bytes_out.inc(len(frame))
         except ConnectionClosed:
             pass
         except Exception:
-            log.exception("session %d: writer failed", session.sid)
+            session.log.exception("writer failed")
             with contextlib.suppress(ConnectionClosed):
                 await ws.close(CLOSE_INTERNAL, "internal")
 
     # ---------------------------------------------------------------- HTTP
+    async def _process_request(self, connection: ServerConnection, request: Request) -> Response | None:
+        """Tokens guard the WebSocket upgrade and /metrics (unless [metrics] public); the rest is the router's."""
+        upgrade = "websocket" in request.headers.get("Upgrade", "").lower()
+        guarded = upgrade or (urlsplit(request.path).path == "/metrics" and not self.config.metrics_public)
+        if guarded and not self.auth.check(request):
+            self.metrics.error("unauthorized")
+            what = "WebSocket handshake" if upgrade else "GET /metrics"
+            log.warning("unauthorized %s from %s (missing or wrong token)", what, connection.remote_address)
+            return unauthorized(connection)
+        return await self.router.process_request(connection, request)
+
     def health(self) -> dict:
         worker = self.worker
         return {
-            "status": "ok" if worker is not None else "stopping",
+            "status": "ok" if worker is not None and not self.stopping else "stopping",
             "protocol_version": PROTOCOL_VERSION,
             "model": self.codec.model_id,
             "device": self.device,
             "sessions": len(self.sessions),
+            "sessions_detached": self.resumes.detached,
             "max_sessions": self.config.max_sessions,
             "sessions_total": self.sessions_total,
             "rooms": self.rooms.summary(),
@@ -244,6 +447,8 @@ class XcodecServer:
             "bandwidths": list(self.codec.bandwidths),
             "latency_presets": list(self.config.allowed_presets),
             "default_latency": self.config.default_latency,
+            "auth": self.auth.enabled,
+            "resume_grace_s": self.config.resume_grace_s,
             "worker": {
                 "ticks": worker.ticks if worker else 0,
                 "last_tick_ms": round(worker.last_tick_ms, 3) if worker else 0.0,
@@ -254,3 +459,6 @@ class XcodecServer:
 
     def _healthz(self, request: object) -> HttpReply:
         return HttpReply.json(self.health())
+
+    def _metrics(self, request: object) -> HttpReply:
+        return HttpReply(200, self.metrics.render(), Metrics.content_type)

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import time
-from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from .config import ServerConfig
+from .flow import OutputQueue, QueueOverflow, TokenBucket
+from .logs import session_log
+from .metrics import Metrics
 from .protocol import (
     CLOSE_ROOM_ENDED,
     FORMATS,
     PROTOCOL_VERSION,
+    Ack,
     Audio,
     ClientMessage,
     Codes,
@@ -26,6 +27,7 @@ from .protocol import (
     pack,
     parse_client_message,
 )
+from .resume import ReplayBuffer, span
 from .rooms import Room, RoomRegistry
 from .worker import EngineInfo, StepResult, StreamSpec, Worker, WorkerFull
 
@@ -53,102 +55,15 @@ class CodecInfo:
     bandwidths: tuple[float, ...]
 
 
-class QueueOverflow(Exception):
-    """Control messages piled up: the client does not read."""
-
-
-class OutputQueue:
-    """Messages waiting for the socket, in order. Data (audio/codes) is bounded in milliseconds: beyond
-    `max_data_ms` the OLDEST data message is dropped and counted; control messages are never dropped, but
-    more than `max_control` of them waiting means the client stopped reading (QueueOverflow)."""
-
-    def __init__(self, max_data_ms: float, max_control: int) -> None:
-        self.max_data_ms = max_data_ms
-        self.max_control = max_control
-        self._items: deque[tuple[bool, dict, float]] = deque()  # (is_data, msg, ms)
-        self.data_ms = 0.0
-        self.n_control = 0
-        self.dropped = 0
-        self._event = asyncio.Event()
-        self._empty = asyncio.Event()
-        self._empty.set()
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def put_control(self, msg: dict, *, force: bool = False) -> None:
-        if self.n_control >= self.max_control and not force:
-            raise QueueOverflow(f"{self.n_control} control messages not read")
-        self._items.append((False, msg, 0.0))
-        self.n_control += 1
-        self._event.set()
-        self._empty.clear()
-
-    def put_data(self, msg: dict, ms: float) -> None:
-        # Drop the oldest data first; the newest message is always kept (it may alone exceed the bound).
-        while self.data_ms + ms > self.max_data_ms and self._drop_oldest_data():
-            pass
-        self._items.append((True, msg, ms))
-        self.data_ms += ms
-        self._event.set()
-        self._empty.clear()
-
-    def _drop_oldest_data(self) -> bool:
-        for i, (is_data, _, old_ms) in enumerate(self._items):
-            if is_data:
-                del self._items[i]
-                self.data_ms -= old_ms
-                self.dropped += 1
-                return True
-        return False
-
-    def pop(self) -> dict | None:
-        if not self._items:
-            return None
-        is_data, msg, ms = self._items.popleft()
-        if is_data:
-            self.data_ms -= ms
-            msg["dropped"] = self.dropped  # every data message carries the running count
-        else:
-            self.n_control -= 1
-        if not self._items:
-            self._event.clear()
-            self._empty.set()
-        return msg
-
-    async def get(self) -> dict:
-        while True:
-            msg = self.pop()
-            if msg is not None:
-                return msg
-            await self._event.wait()
-
-    async def join(self) -> None:
-        """Wait until every queued message has been taken by the writer."""
-        await self._empty.wait()
-
-
-class TokenBucket:
-    """Message rate limit: `rate` per second on average, bursts up to `burst`."""
-
-    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
-        self.rate, self.burst, self.clock = rate, float(burst), clock
-        self.tokens, self.t = float(burst), clock()
-
-    def take(self) -> bool:
-        now = self.clock()
-        self.tokens = min(self.burst, self.tokens + (now - self.t) * self.rate)
-        self.t = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return True
-        return False
-
-
 class Session:
-    """Protocol state of one connection. `handle(frame)` consumes client frames, `on_result` worker output;
+    """Protocol state of one session. `handle(frame)` consumes client frames, `on_result` worker output;
     everything to send goes to `out`. A fatal error sets `close_code`/`close_reason`; the server then drains
-    `out` and closes the socket. States: handshake -> ready -> done (after flush) ; closed."""
+    `out` and closes the socket. States: handshake -> opening -> ready -> flushing -> done ; closed.
+
+    A session outlives its connection when resume is on: while `attached` is False (the connection dropped)
+    it keeps its slots and its output (pinned, never dropped) for `[resume] grace_s`; `resume_front` gives
+    what a returning client must get first. Output handed to a socket stays in `replay` until acknowledged.
+    """
 
     def __init__(
         self,
@@ -159,6 +74,7 @@ class Session:
         worker: Worker,
         rooms: RoomRegistry,
         sessions: dict[int, Session],
+        metrics: Metrics | None = None,
     ) -> None:
         self.sid = sid
         self.config = config
@@ -166,7 +82,13 @@ class Session:
         self.worker = worker
         self.rooms = rooms
         self.sessions = sessions
-        self.out = OutputQueue(config.max_output_queue_ms, config.max_control_queue)
+        self.metrics = metrics
+        self.log = session_log(log, sid)
+        self.out = OutputQueue(
+            config.max_output_queue_ms,
+            config.max_control_queue,
+            on_drop=metrics.dropped.inc if metrics is not None else None,
+        )
         self.bucket = TokenBucket(config.max_messages_per_second, config.message_burst)
         self.state = "handshake"
         self.hello: Hello | None = None
@@ -185,6 +107,14 @@ class Session:
         self.errors: dict[str, int] = {}
         self.started = time.monotonic()
         self._stats_task: asyncio.Task | None = None
+        # resume
+        self.token: str | None = None  # set by the server when resume is on
+        self.replay = ReplayBuffer(config.resume_max_unacked_ms) if config.resume_enabled else None
+        self.attached = True  # a connection is serving this session
+        self.seq_end: int | None = None  # last input seq (decode: frame) the codec consumed
+        self.done_msg: dict | None = None
+        self.done_sent = False  # `done` was handed to a socket (a resumed client gets it again)
+        self.shutting_down = False
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -212,8 +142,11 @@ class Session:
     def fail(self, err: ProtocolError) -> None:
         """Queue the error; if fatal, mark the session for closing with the error's close code."""
         self.errors[err.code] = self.errors.get(err.code, 0) + 1
+        if self.metrics is not None:
+            self.metrics.error(err.code)
         msg = error_message(err)
         if err.fatal:
+            self.log.info("fatal error %s: %s", err.code, err.message)
             self.out.put_control(msg, force=True)
             self._set_close(err.close_code, err.code)
             return
@@ -223,6 +156,8 @@ class Session:
             self.fail(ProtocolError("too_slow", "the client does not read its messages"))
 
     def _control(self, msg: dict) -> None:
+        if not self.attached and msg["type"] in ("ack", "stats"):
+            return  # nobody to read them; `resumed` carries the figures a returning client needs
         try:
             self.out.put_control(msg)
         except QueueOverflow:
@@ -257,6 +192,10 @@ class Session:
     def _dispatch(self, msg: ClientMessage) -> None:
         if isinstance(msg, Hello):
             raise ProtocolError("bad_state", "hello was already accepted")
+        if isinstance(msg, Ack):
+            if self.replay is not None:
+                self.replay.ack(msg.sample, msg.frame)
+            return
         if isinstance(msg, StatsRequest):
             self._control(self.stats_message())
             return
@@ -334,6 +273,8 @@ class Session:
     # ------------------------------------------------------------------ handshake
     async def _hello(self, hello: Hello) -> None:
         cfg = self.config
+        if hello.resume is not None:  # the server takes resumes before a Session exists
+            raise ProtocolError("bad_state", "a resume must be the first message of a connection")
         if hello.mode == "listen":
             await self._hello_listen(hello)
             return
@@ -391,6 +332,12 @@ class Session:
             return
         self.state = "ready"
         self._control(self._ready(preset, bandwidth, want))
+        if self.metrics is not None:
+            self.metrics.sessions_opened.labels(self.mode).inc()
+        self.log.info(
+            "ready: %s, %d Hz %s, preset %s, client %r", self.mode, self.rate, self.hello.format, preset,
+            self.hello.client,
+        )  # fmt: skip
         hello = self.hello
         if hello.stats_interval_ms:
             self._stats_task = asyncio.get_running_loop().create_task(
@@ -443,7 +390,7 @@ class Session:
             "type": "ready",
             "version": PROTOCOL_VERSION,
             "session": self.sid,
-            "resume_token": secrets.token_urlsafe(16),  # reserved: this version does not accept resumes yet
+            "resume_token": self.token,  # absent when the server does not keep sessions for a resume
             "mode": self.mode,
             "model": codec.model_id,
             "codec_sample_rate": codec.sample_rate,
@@ -469,6 +416,8 @@ class Session:
                 "max_messages_per_second": cfg.max_messages_per_second,
                 "message_burst": cfg.message_burst,
                 "idle_timeout_s": cfg.idle_timeout_s,
+                "resume_grace_s": cfg.resume_grace_s if self.token else 0.0,
+                "max_unacked_ms": cfg.resume_max_unacked_ms if self.token else 0.0,
             },
         }
 
@@ -477,29 +426,37 @@ class Session:
         if self.state == "closed":
             return
         if r.error is not None:
-            self.fail(ProtocolError(r.error, "the codec step failed for this session"))
+            text = {
+                "server_busy": "the server ran out of memory and shed this session; retry later",
+            }.get(r.error, "the codec step failed for this session")
+            self.fail(ProtocolError(r.error, text))
             return
         self.consumed += r.consumed
+        if r.seq_end is not None:
+            self.seq_end = r.seq_end
+        pin = self._pin_output
         sent = False
         if r.codes is not None:
             self.frames_out += r.codes.shape[-1]
             if self.want_codes:
                 msg = {"type": "codes", "frame": r.frame, "codes": r.codes, "seq_end": r.seq_end}
-                self.out.put_data(msg, r.codes.shape[-1] * 1000.0 / self.codec.frame_rate)
+                self.out.put_data(msg, r.codes.shape[-1] * 1000.0 / self.codec.frame_rate, pinned=pin)
                 sent = True
             if self.room is not None:
                 self.room.broadcast_codes(r.frame, r.codes, 1000.0 / self.codec.frame_rate)
         if r.audio is not None:
             self.samples_out += r.audio.size
             msg = {"type": "audio", "sample": r.sample, "pcm": r.audio, "seq_end": r.seq_end}
-            self.out.put_data(msg, 1000.0 * r.audio.size / self.rate)
+            self.out.put_data(msg, 1000.0 * r.audio.size / self.rate, pinned=pin)
             sent = True
         if r.listeners and self.room is not None:
             rates = {sid: m.rate for sid, m in self.room.listeners.items()}
             self.room.send_audio({k: v for k, v in r.listeners.items() if k in rates}, rates)
         if r.done is not None:
             self.state = "done"
-            self._control({"type": "done", **r.done, "dropped": self.out.dropped})
+            reason = {"reason": "shutting_down"} if self.shutting_down else {}
+            self.done_msg = {"type": "done", **r.done, "dropped": self.out.dropped, **reason}
+            self._control(dict(self.done_msg))
             if self.room is not None and self.mode == "publish":
                 self.rooms.end(self.room.name, "publisher_done")
         elif not sent and r.seq_end is not None:
@@ -511,23 +468,89 @@ class Session:
             self.frames_out += msg["codes"].shape[-1]
         else:
             self.samples_out += msg["pcm"].size
-        self.out.put_data(msg, duration_ms)
+        self.out.put_data(msg, duration_ms)  # never pinned: a room does not wait for a listener
+
+    @property
+    def _pin_output(self) -> bool:
+        """Output made while the connection is down is owed to the client in full (it is bounded by the
+        input already accepted: max_backlog_ms plus the codec's tail)."""
+        return not self.attached and self.replay is not None
+
+    # ------------------------------------------------------------------ resume
+    def sending(self, msg: dict) -> None:
+        """The writer hands `msg` to the socket: keep data until acknowledged, remember `done`."""
+        if self.replay is not None and msg["type"] in ("audio", "codes"):
+            kind, start, end = span(msg)
+            unit_ms = 1000.0 / (self.rate if kind == "audio" else self.codec.frame_rate)
+            self.replay.record(msg, (end - start) * unit_ms)
+        elif msg["type"] == "done":
+            self.done_sent = True
+
+    def check_resume(self, hello: Hello) -> None:
+        if self.replay is None or self.state not in ("ready", "flushing", "done"):
+            raise ProtocolError("resume_failed", "this session cannot be resumed")
+        self.replay.check(hello.sample, hello.frame)
+
+    def resume_front(self, hello: Hello) -> list[tuple[dict, float]]:
+        """What a returning client gets before anything still queued: `resumed`, the output it has not
+        received (from its positions), and `done` again if it was sent on the lost connection."""
+        items, start = self.replay.take_from(hello.sample, hello.frame)
+        resumed = {
+            "type": "resumed",
+            "session": self.sid,
+            "mode": self.mode,
+            "state": self.state,
+            "next_frame" if self.mode == "decode" else "next_seq": self.next_seq,
+            "seq_end": self.seq_end,
+            "sample": start["audio"],
+            "frame": start["codes"],
+            "samples_out": self.samples_out,
+            "frames_out": self.frames_out,
+            "dropped": self.out.dropped,
+            "resume_token": self.token,
+        }
+        if self.mode == "listen":
+            del resumed["next_seq"]  # a listener sends no input
+        front = [(resumed, 0.0), *items]
+        if self.done_sent and self.done_msg is not None:
+            front.append((dict(self.done_msg), 0.0))
+            self.done_sent = False
+        return front
+
+    # ------------------------------------------------------------------ server shutdown
+    def begin_shutdown(self) -> None:
+        """The server stops: flush the stream as if the client had sent `flush` (its output and `done` follow)."""
+        self.shutting_down = True
+        if self.state in ("handshake", "opening"):
+            self.fail(ProtocolError("shutting_down", "the server is stopping"))
+        elif self.state == "ready" and self.mode != "listen":
+            self.state = "flushing"
+            self.worker.flush(self.sid)
+
+    @property
+    def drained(self) -> bool:
+        """Nothing more will come from the codec for this session."""
+        return (
+            self.close_code is not None
+            or self.state in ("done", "closed")
+            or (self.mode == "listen" and self.room is None)
+        )
 
     def room_ended(self, reason: str) -> None:
         if self.state == "closed":
             return
         self.state = "done"
         self.room = None
-        self._control(
-            {
-                "type": "done",
-                "reason": reason,
-                "samples_out": self.samples_out,
-                "frames_out": self.frames_out,
-                "dropped": self.out.dropped,
-            }
-        )
-        self._set_close(CLOSE_ROOM_ENDED, reason)
+        self.done_msg = {
+            "type": "done",
+            "reason": "shutting_down" if self.shutting_down else reason,
+            "samples_out": self.samples_out,
+            "frames_out": self.frames_out,
+            "dropped": self.out.dropped,
+        }
+        self._control(dict(self.done_msg))
+        if not self.shutting_down:  # (a server that stops closes every session with 1001 itself)
+            self._set_close(CLOSE_ROOM_ENDED, reason)
 
     def _set_close(self, code: int, reason: str) -> None:
         if self.close_code is None:
@@ -545,7 +568,7 @@ class Session:
             "samples_out": self.samples_out,
             "frames_out": self.frames_out,
             "output_queue": len(self.out),
-            "output_queue_ms": round(self.out.data_ms, 3),
+            "output_queue_ms": round(self.out.data_ms + self.out.pinned_ms, 3),
             "dropped": self.out.dropped,
             "errors": dict(self.errors),
             "worker_tick_ms": round(self.worker.last_tick_ms, 3),
@@ -555,7 +578,7 @@ class Session:
 
     # ------------------------------------------------------------------ teardown
     def close(self) -> None:
-        """Connection gone: free the worker slots, leave or end the room. Idempotent."""
+        """Session over: free the worker slots, leave or end the room. Idempotent."""
         if self.state == "closed":
             return
         mode, room = self.mode, self.room

@@ -21,6 +21,7 @@ log = logging.getLogger("xcodec_stream.worker")
 
 CODEC_RATE = 16000
 LIVE_S = 0.2  # a stream that pushed input this recently is expected to push again soon (batch gathering)
+OOM_ERRORS: tuple[type[BaseException], ...] = (MemoryError, torch.cuda.OutOfMemoryError)
 
 
 class WorkerFull(RuntimeError):
@@ -64,7 +65,7 @@ class StepResult:
     audio: np.ndarray | None = None  # wire dtype, client rate
     listeners: dict[int, tuple[int, np.ndarray]] = field(default_factory=dict)  # room audio per listener
     done: dict[str, int] | None = None  # counters, once the flush has been processed
-    error: str | None = None  # "internal": the stream cannot go on
+    error: str | None = None  # "internal" (the step raised) or "server_busy" (shed on out-of-memory)
 
 
 @dataclass
@@ -110,6 +111,9 @@ class _Take:
     codes: list[np.ndarray]
     seq_end: int | None
     flush: bool
+    x16: np.ndarray | None = None  # encoder input (16 kHz) of this tick
+    codes_in: np.ndarray | None = None  # decoder input of this tick
+    dec_slot: int | None = None
     audio16: np.ndarray | None = None  # decoder output (16 kHz) of this tick
 
 
@@ -158,8 +162,12 @@ class Worker:
 
     Thread-safe entry points (`open`, `push_*`, `flush`, `close`, `attach_listener`, `detach_listener`) only
     append under a lock and wake the thread; the thread gathers every stream's pending input (at most
-    `max_step_ms` and `max_chunks_per_step` messages each), runs one `step_slots` per engine instance, and calls `emit(results)` once per tick
-    from the worker thread (the server wraps it with `loop.call_soon_threadsafe`).
+    `max_step_ms` and `max_chunks_per_step` messages each), runs one `step_slots` per engine instance, and calls
+    `emit(results)` once per tick from the worker thread (the server wraps it with `loop.call_soon_threadsafe`).
+
+    Faults: a step that raises fails the streams of that step (`internal`) and the thread goes on. A step
+    that runs out of memory sheds the newest half of its streams (`server_busy`) and, when the engine
+    declares `atomic_steps` (a step that raises leaves its slots as they were), retries with the rest.
     """
 
     def __init__(
@@ -174,9 +182,11 @@ class Worker:
         zero_crossings: int = 16,
         preload: tuple[str, ...] = (),
         torch_threads: int = 0,
+        observe: Callable[[float, int], None] | None = None,
     ) -> None:
         self.model = model
         self.emit = emit
+        self.observe = observe  # (tick seconds, sessions stepped), from the worker thread
         self.max_step_ms = max_step_ms
         self.max_chunks_per_step = max_chunks_per_step
         self.batch_wait_s = batch_wait_ms / 1000.0
@@ -334,6 +344,8 @@ class Worker:
             self.ticks += 1
             self.last_tick_ms = dt
             self.max_tick_ms = max(self.max_tick_ms, dt)
+            if self.observe is not None:
+                self.observe(dt / 1000.0, self.last_batch)
 
     def _gather(self) -> None:
         """Wait (at most batch_wait_ms) until every stream that is sending has input pending, so that one step
@@ -478,9 +490,41 @@ class Worker:
             t.stream.failed = True
             res[t.stream.sid] = StepResult(error="internal")
 
+    def _guarded(
+        self, engine: Any, group: list[_Take], run: Callable[[list[_Take]], Any], res: dict, what: str
+    ) -> tuple[list[_Take], Any]:
+        """`run(group)` -> (takes that went through, its result). An exception fails the group; running out of
+        memory sheds the newest half of it (at least one) and retries with the rest if the engine's steps
+        are atomic, else fails the rest too (their slots may be half-stepped)."""
+        active = list(group)
+        while active:
+            try:
+                return active, run(active)
+            except OOM_ERRORS:
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                active.sort(key=lambda t: t.stream.sid)  # session ids grow: the newest come last
+                n_shed = max(1, len(active) // 2)
+                shed, active = active[-n_shed:], active[:-n_shed]
+                log.warning(
+                    "%s ran out of memory with %d streams: shedding %s",
+                    what,
+                    len(active) + n_shed,
+                    [t.stream.sid for t in shed],
+                )
+                for t in shed:
+                    t.stream.failed = True
+                    res[t.stream.sid] = StepResult(error="server_busy")
+                if active and not getattr(engine, "atomic_steps", False):
+                    self._fail(active, res, f"{what} (after out-of-memory, engine steps not atomic)")
+                    return [], None
+            except Exception:
+                self._fail(active, res, what)
+                return [], None
+        return [], None
+
     def _encode(self, enc: Any, group: list[_Take], res: dict[int, StepResult]) -> dict[int, np.ndarray]:
         """Input resampling, one encoder step for the whole group, then the encoder flushes."""
-        inputs: dict[int, torch.Tensor] = {}
         users = [t for t in group if t.stream.enc_slot is not None]
         for t in users:
             st = t.stream
@@ -491,21 +535,21 @@ class Worker:
             if t.flush:
                 x16 = np.concatenate([x16, st.in_rs.flush()])
             st.n16_in += x16.size
-            if x16.size:
-                inputs[st.enc_slot] = torch.from_numpy(x16)
+            t.x16 = x16
+
+        def run(takes: list[_Take]) -> tuple[dict, dict]:
+            inputs = {t.stream.enc_slot: torch.from_numpy(t.x16) for t in takes if t.x16.size}
+            stepped = enc.step_slots(inputs) if inputs else {}
+            flushing = [t.stream.enc_slot for t in takes if t.flush]
+            return stepped, (enc.flush_slots(flushing) if flushing else {})
+
         out: dict[int, np.ndarray] = {}
         if not users:
             return out
-        try:
-            stepped = enc.step_slots(inputs) if inputs else {}
-            flushing = [t.stream.enc_slot for t in users if t.flush]
-            flushed = enc.flush_slots(flushing) if flushing else {}
-        except Exception:
-            self._fail(users, res, "encoder step")
-            return out
-        for t in users:
+        done, result = self._guarded(enc, users, run, res, "encoder step")
+        for t in done:
             slot = t.stream.enc_slot
-            parts = [_np(p) for p in (stepped.get(slot), flushed.get(slot)) if p is not None]
+            parts = [_np(p) for p in (result[0].get(slot), result[1].get(slot)) if p is not None]
             if parts:
                 out[t.stream.sid] = np.concatenate(parts, axis=-1).astype(np.int64, copy=False)
         return out
@@ -514,9 +558,7 @@ class Worker:
         self, dec: Any, group: list[_Take], codes: dict[int, np.ndarray], res: dict[int, StepResult]
     ) -> None:
         """One decoder step for loopback, decode and room streams of the group, then the decoder flushes."""
-        inputs: dict[int, torch.Tensor] = {}
-        flushing: list[int] = []
-        users: list[tuple[_Take, int]] = []
+        users: list[_Take] = []
         for t in group:
             st = t.stream
             if st.failed:
@@ -535,21 +577,28 @@ class Worker:
                 c, slot = codes.get(st.sid), st.room_dec_slot
             else:
                 continue
-            users.append((t, slot))
-            if c is not None and c.shape[-1]:
-                inputs[slot] = torch.from_numpy(np.ascontiguousarray(c))
-            if t.flush:
-                flushing.append(slot)
+            t.codes_in, t.dec_slot = c, slot
+            users.append(t)
+
+        def run(takes: list[_Take]) -> tuple[dict, dict]:
+            inputs = {
+                t.dec_slot: torch.from_numpy(np.ascontiguousarray(t.codes_in))
+                for t in takes
+                if t.codes_in is not None and t.codes_in.shape[-1]
+            }
+            stepped = dec.step_slots(inputs) if inputs else {}
+            flushing = [t.dec_slot for t in takes if t.flush]
+            return stepped, (dec.flush_slots(flushing) if flushing else {})
+
         if not users:
             return
-        try:
-            stepped = dec.step_slots(inputs) if inputs else {}
-            flushed = dec.flush_slots(flushing) if flushing else {}
-        except Exception:
-            self._fail([t for t, _ in users], res, "decoder step")
-            return
-        for t, slot in users:
-            parts = [_np(p).reshape(-1) for p in (stepped.get(slot), flushed.get(slot)) if p is not None]
+        done, result = self._guarded(dec, users, run, res, "decoder step")
+        for t in done:
+            parts = [
+                _np(p).reshape(-1)
+                for p in (result[0].get(t.dec_slot), result[1].get(t.dec_slot))
+                if p is not None
+            ]
             t.audio16 = np.concatenate(parts).astype(np.float32, copy=False) if parts else None
 
     def _finish(

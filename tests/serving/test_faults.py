@@ -1,0 +1,69 @@
+"""Faults in the codec step: out-of-memory sheds the newest sessions of the batch (server_busy, 1013) and the
+rest go on with exact output; the worker keeps serving."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+from fakes import FakeModel, local_run
+from serving_helpers import running_server, speech
+
+from xcodec_stream.clients.client import Client, ServerError, stream
+
+
+@pytest.mark.parametrize("atomic", [True, False])
+async def test_out_of_memory_sheds_the_newest_sessions(atomic: bool) -> None:
+    x = speech(seconds=0.6)
+    async with running_server(FakeModel(), max_chunks_per_step=1) as srv:
+        enc = next(iter(srv.worker._engines.enc.values()))
+        step = enc.step_slots
+        gate, first = threading.Event(), threading.Event()
+
+        def gated(inputs):  # the first step waits until every session has input queued: one batch of 4 next
+            if not first.is_set():
+                first.set()
+                gate.wait(5)
+            return step(inputs)
+
+        enc.step_slots = gated
+        enc.oom_over = 2  # a batch of more than 2 sessions runs out of memory
+        enc.atomic_steps = atomic
+        clients = [await Client.connect(srv.url, want=["audio", "codes"]) for _ in range(4)]
+        tasks = [asyncio.create_task(stream(clients[0], x, chunk_ms=100))]
+        while not first.is_set():  # the worker is held in a step of the first session alone
+            await asyncio.sleep(0.01)
+        tasks += [asyncio.create_task(stream(c, x, chunk_ms=100)) for c in clients[1:]]
+        while any(c.seq < 2 for c in clients):
+            await asyncio.sleep(0.01)
+        gate.set()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        for c, r in zip(clients, results, strict=True):
+            if isinstance(r, ServerError):  # the close frame follows the error message
+                await asyncio.wait_for(c.ws.wait_closed(), 10)
+        codes = [c.ws.close_code for c in clients]
+        for c in clients:
+            await c.close()
+        # the worker goes on: a new session after the shedding is served in full
+        enc.oom_over = None
+        c = await Client.connect(srv.url)
+        after = await stream(c, x)
+        await c.close()
+        metrics = srv.metrics.render().decode()
+    assert after.done["samples_out"] == x.size
+    newest = results[2:]
+    assert all(isinstance(r, ServerError) and r.code == "server_busy" for r in newest), newest
+    assert codes[2:] == [1013, 1013]
+    assert 'xcodec_stream_errors_total{code="server_busy"} 2.0' in metrics
+    if atomic:  # the two oldest went on, with complete and exact output
+        want_codes, want_audio = local_run(FakeModel(), [x])
+        for r in results[:2]:
+            assert r.done["samples_in"] == r.done["samples_out"] == x.size and not r.errors
+            np.testing.assert_array_equal(r.codes, want_codes)
+            np.testing.assert_array_equal(r.audio, want_audio)
+        assert codes[:2] == [None, None]  # still open until the client closes
+    else:  # their slots may be half-stepped: failed as internal rather than continued with wrong state
+        assert all(isinstance(r, ServerError) and r.code == "internal" for r in results[:2])
+        assert codes[:2] == [1011, 1011]
