@@ -411,7 +411,10 @@
 
   function wsUrl() {
     const proto = location.protocol === "https:" ? "wss:" : "ws:";
-    return `${proto}//${location.host}${WS_PATH}`;
+    // With auth on, open the page as /?token=...: the token is passed on to the WebSocket handshake.
+    const token = new URLSearchParams(location.search).get("token");
+    const query = token ? `?token=${encodeURIComponent(token)}` : "";
+    return `${proto}//${location.host}${WS_PATH}${query}`;
   }
 
   function readOptions(overrides) {
