@@ -65,7 +65,9 @@ def _semantic_diff(tm, ours: XcodecModel, x: torch.Tensor) -> float:
         padded = torch.nn.functional.pad(x, (160, 160))
         ref = tm._extract_semantic_features(x)
         got = ours.semantic_features(padded)
-    return float((ref - got).abs().max() / ref.abs().max())
+    rel = float((ref - got).abs().max() / ref.abs().max())
+    print(f"semantic features: max abs diff {float((ref - got).abs().max()):.3g} (relative {rel:.3g})")
+    return rel
 
 
 @pytest.mark.parametrize("form", FORMS)
