@@ -99,3 +99,19 @@ def test_bad_input_is_rejected_with_a_clear_message(tiny_model, tiny_codes):
         dec.step_slots({0: tiny_codes[0, :, :1]})
     dec.reset(0)
     assert dec.step_slots({0: tiny_codes[0, :, :1]})[0].dtype == torch.float32
+
+
+def test_lower_lookahead_blocks_equal_offline_decode_of_the_codes_so_far(tiny_model, tiny_codes):
+    """Block k (frames kB .. kB+B-1) is offline decode of the codes up to frame (k+1)B + lookahead, i.e. the
+    missing future is zeros and the codes end there: exactly what the decoder knows when it emits it."""
+    block, ahead = 2, 3
+    dec = tiny_model.streaming_decoder(latency=StreamingOptions(decoder_lookahead=ahead, decoder_block=block))
+    assert dec.speculative and dec.lookahead_frames == block - 1 + ahead
+    codes = tiny_codes[:1]
+    frames = codes.shape[-1]
+    out = stream_decode(dec, codes, [5, 1, 0, 9])[0]
+    for k in range(-(-frames // block)):
+        cut = min((k + 1) * block + ahead, frames)
+        ref = tiny_model.decode(codes[..., :cut]).audio_values[0, 0]
+        span = slice(k * block * FRAME, min((k + 1) * block, frames) * FRAME)
+        assert (out[span] - ref[span]).abs().max() <= 1e-5, k

@@ -90,7 +90,11 @@ def test_codes_of_a_prefix_are_a_prefix(tiny_model, speech):
 
 def test_reported_latency_is_the_measured_one(tiny_model, speech):
     """Code t comes out in the step that completes frame t + lookahead_frames, never later (worst case)."""
-    for latency in ("balanced", "low", StreamingOptions(acoustic_lookahead=3, semantic_block=3, semantic_lookahead=2)):
+    for latency in (
+        "balanced",
+        "low",
+        StreamingOptions(acoustic_lookahead=3, semantic_block=3, semantic_lookahead=2),
+    ):
         enc = tiny_model.streaming_encoder(latency=latency)
         got, worst = 0, 0
         for f in range(speech.shape[1] // FRAME):

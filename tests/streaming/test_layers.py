@@ -71,7 +71,12 @@ def test_conv_transpose_equals_offline(stride, extra, pad, out_pad, per_frame, f
 
 
 @settings(max_examples=30, deadline=None)
-@given(dilation=st.sampled_from([1, 3, 9]), frames=st.integers(1, 10), chunks=chunkings, seed=st.integers(0, 1000))
+@given(
+    dilation=st.sampled_from([1, 3, 9]),
+    frames=st.integers(1, 10),
+    chunks=chunkings,
+    seed=st.integers(0, 1000),
+)
 def test_residual_unit_equals_offline(dilation, frames, chunks, seed):
     unit = liven(DacResidualUnit(4, dilation), seed)
     x = torch.randn(1, 4, frames * 8, generator=torch.Generator().manual_seed(seed))
@@ -92,7 +97,10 @@ def test_acoustic_chains_equal_offline(frames, chunks, seed):
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(1, 1, frames * 320, generator=g, dtype=torch.float64)
     z = torch.randn(1, 8, frames, generator=g, dtype=torch.float64)
-    pairs = ((StreamGraph(chain_from_module(enc), 320), x, enc), (StreamGraph(chain_from_module(dec), 1), z, dec))
+    pairs = (
+        (StreamGraph(chain_from_module(enc), 320), x, enc),
+        (StreamGraph(chain_from_module(dec), 1), z, dec),
+    )
     with torch.no_grad():
         for graph, inp, module in pairs:
             torch.testing.assert_close(run_graph(graph, inp, chunks), module(inp), atol=1e-9, rtol=1e-9)

@@ -55,6 +55,8 @@ def test_ten_thousand_steps_keep_memory_flat(tiny_model):
             marks[i] = (enc.state_bytes(), dec.state_bytes(), inventory(enc), inventory(dec))
     early, late = marks[999], marks[9_999]
     assert early[0] == late[0] and early[1] == late[1]  # per-session state
-    assert early[2] == late[2] and early[3] == late[3]  # every tensor and container reachable from the engines
+    assert (
+        early[2] == late[2] and early[3] == late[3]
+    )  # every tensor and container reachable from the engines
     assert 1_000 - enc.lookahead_frames <= code_frames <= 1_000
     assert out_samples == code_frames * 320 - dec.lookahead_samples

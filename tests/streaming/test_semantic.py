@@ -22,7 +22,9 @@ from xcodec_stream.streaming.semantic import feature_graph
 def layer_norm_model() -> XcodecModel:
     """random:tiny's recipe with LayerNorm in every conv feature layer (HuBERT-large style): no GroupNorm."""
     config = XcodecConfig.tiny()
-    config.semantic_model_config = dataclasses.replace(config.semantic_model_config, feat_extract_norm="layer")
+    config.semantic_model_config = dataclasses.replace(
+        config.semantic_model_config, feat_extract_norm="layer"
+    )
     model = XcodecModel(config)
     gen = torch.Generator().manual_seed(0)
     init_weights(model, gen)
@@ -107,3 +109,37 @@ def test_semantic_window_sizes_change_agreement_gracefully(tiny_model, speech):
     narrow = agreement(StreamingOptions(semantic_block=2, semantic_left_context=4, semantic_lookahead=1))
     wide = agreement(StreamingOptions(semantic_block=8, semantic_left_context=80, semantic_lookahead=20))
     assert wide >= narrow - 0.05 and wide >= 0.7, (narrow, wide)
+
+
+def test_speculative_blocks_equal_offline_on_the_signal_so_far(layer_norm_model, speech):
+    """Less lookahead than exact: block k's codes are those of offline parts run on the signal cut where the
+    encoder stands when it emits them (acoustic: block end + acoustic lookahead; semantic: block end +
+    semantic lookahead), the rest taken as ended. Checked where every other part is exact (no GroupNorm,
+    left context wider than the clip, semantic lookahead covering the semantic encoder's 7 frames: below
+    that, its left context comes from earlier windows, each cut at its own point, which no single offline
+    run reproduces)."""
+    model = layer_norm_model
+    block, ahead_a, ahead_s = 3, 4, 7
+    x = pad_to_frames(speech)
+    frames = x.shape[1] // 320
+    opts = StreamingOptions(
+        acoustic_lookahead=ahead_a,
+        semantic_block=block,
+        semantic_left_context=frames,
+        semantic_lookahead=ahead_s,
+    )
+    enc = model.streaming_encoder(latency=opts)
+    assert enc.speculative and enc.lookahead_frames == block - 1 + max(ahead_a, ahead_s)
+    codes = torch.cat([enc.step(speech[:, :5000]), enc.step(speech[:, 5000:]), enc.flush()], dim=-1)
+    expected = []
+    with torch.inference_mode():
+        for k in range(-(-frames // block)):
+            span = slice(k * block, min((k + 1) * block, frames))
+            cut_a = min((k + 1) * block + ahead_a, frames) * 320
+            cut_s = min((k + 1) * block + ahead_s, frames) * 320
+            ac = model.acoustic_encoder(x[None, :, :cut_a])[..., span]
+            sem = model.encode_semantic(model.semantic_features(F.pad(x[:, :cut_s], (160, 160))))[..., span]
+            expected.append(model.quantize(model.encode_latent(ac, sem), 8))
+    expected = torch.cat(expected, dim=-1)
+    agree = (codes == expected).float().mean().item()
+    assert agree >= 0.99, agree  # float32 rounding may flip a rare near-tie

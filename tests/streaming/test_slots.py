@@ -16,7 +16,9 @@ def _signals(speech: torch.Tensor) -> list[torch.Tensor]:
     return [x[:20_000], torch.roll(x, 3000)[:15_500] * 0.7, x.flip(0)[:9_000]]
 
 
-def _schedule(lengths: list[int], chunks: list[list[int]], starts: list[int]) -> list[dict[int, tuple[int, int]]]:
+def _schedule(
+    lengths: list[int], chunks: list[list[int]], starts: list[int]
+) -> list[dict[int, tuple[int, int]]]:
     """Per tick, {session: (offset, length)}; sessions start at different ticks; a session that has nothing
     left is flushed at its next tick (marked length -1)."""
     ticks: list[dict[int, tuple[int, int]]] = []

@@ -31,12 +31,24 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         default=[DEFAULT_CLIPS],
         help=f"audio files or glob patterns (any rate; resampled to 16 kHz, downmixed). Default: {DEFAULT_CLIPS}",
     )
-    p.add_argument("--out", type=Path, default=Path("docs/STREAMING.md"), help="markdown file to update (section between eval markers)")
     p.add_argument(
-        "--plot", type=Path, default=None, help="PNG of fidelity vs latency (default: streaming_fidelity.png next to --out)"
+        "--out",
+        type=Path,
+        default=Path("docs/STREAMING.md"),
+        help="markdown file to update (section between eval markers)",
     )
-    p.add_argument("--presets", default="exact,balanced,low", help="comma-separated presets to measure (default: all)")
-    p.add_argument("--no-sweep", action="store_true", help="measure the presets only, not the custom-option sweep")
+    p.add_argument(
+        "--plot",
+        type=Path,
+        default=None,
+        help="PNG of fidelity vs latency (default: streaming_fidelity.png next to --out)",
+    )
+    p.add_argument(
+        "--presets", default="exact,balanced,low", help="comma-separated presets to measure (default: all)"
+    )
+    p.add_argument(
+        "--no-sweep", action="store_true", help="measure the presets only, not the custom-option sweep"
+    )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
@@ -75,7 +87,9 @@ def run(args: argparse.Namespace) -> int:
         wave, sr, _ = read_audio(path)
         clips.append(resample(wave, sr, rate).to(torch.float32))
     results = []
-    with tqdm(total=len(paths) * (1 + len(configs)), desc="eval", unit="clip", disable=args.quiet, file=sys.stderr) as bar:
+    with tqdm(
+        total=len(paths) * (1 + len(configs)), desc="eval", unit="clip", disable=args.quiet, file=sys.stderr
+    ) as bar:
         bar.set_postfix_str("offline")
         refs = []
         for clip in clips:
@@ -86,10 +100,14 @@ def run(args: argparse.Namespace) -> int:
             results.append(measure(model, refs, options, label, progress=bar))
     plot = args.plot or args.out.with_name("streaming_fidelity.png")
     seconds = sum(c.shape[0] for c in clips) / rate
-    command = "xcodec-stream " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["eval"] else (
-        f"xcodec-stream eval --model {args.model}"
+    command = (
+        "xcodec-stream " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        if sys.argv[1:2] == ["eval"]
+        else (f"xcodec-stream eval --model {args.model}")
     )
-    section = _section(results, presets, str(args.model), paths, seconds, plot, args.out, command, machine(), today())
+    section = _section(
+        results, presets, str(args.model), paths, seconds, plot, args.out, command, machine(), today()
+    )
     _write_section(args.out, section)
     _plot(results, presets, plot, str(args.model))
     print(_table(results, presets))
@@ -105,7 +123,16 @@ def _table(results: list, presets: list[str]) -> str:
     from xcodec_stream.bench.report import markdown_table
 
     n_q = len(results[0].agreement) if results else 0
-    headers = ["setting", "enc ms", "dec ms", "total ms", *[f"q{i + 1} %" for i in range(n_q)], "SNR dB", "decode SNR dB", "semantic cost"]
+    headers = [
+        "setting",
+        "enc ms",
+        "dec ms",
+        "total ms",
+        *[f"q{i + 1} %" for i in range(n_q)],
+        "SNR dB",
+        "decode SNR dB",
+        "semantic cost",
+    ]
     rows = []
     for r in results:
         name = f"**{r.label}**" if r.label in presets else r.label
@@ -124,7 +151,9 @@ def _table(results: list, presets: list[str]) -> str:
     return markdown_table(headers, rows)
 
 
-def _section(results, presets, model_id, paths, seconds, plot: Path, out: Path, command, machine_line, date) -> str:
+def _section(
+    results, presets, model_id, paths, seconds, plot: Path, out: Path, command, machine_line, date
+) -> str:
     proxy = model_id.startswith("random:")
     title = "Measured fidelity" + (" (random-weight proxy)" if proxy else "")
     lines = [f"## {title}", ""]
@@ -169,7 +198,9 @@ def _write_section(path: Path, body: str) -> None:
     text = path.read_text() if path.exists() else "# Streaming\n"
     block = f"{BEGIN}\n{body.rstrip()}\n{END}"
     pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
-    text = pattern.sub(lambda _m: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    text = (
+        pattern.sub(lambda _m: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    )
     path.write_text(text)
 
 
@@ -190,14 +221,26 @@ def _plot(results: list, presets: list[str], path: Path, model_id: str) -> None:
         ax1.scatter(r.latency_ms, min(r.snr_db, cap), color=color, **style)
         ax2.scatter(r.latency_ms, r.agreement[0], color=color, **style)
         if is_preset:
-            ax1.annotate(r.label, (r.latency_ms, min(r.snr_db, cap)), textcoords="offset points", xytext=(6, 4))
+            ax1.annotate(
+                r.label, (r.latency_ms, min(r.snr_db, cap)), textcoords="offset points", xytext=(6, 4)
+            )
             ax2.annotate(r.label, (r.latency_ms, r.agreement[0]), textcoords="offset points", xytext=(6, 4))
     sweep = sorted((r for r in results if r.label not in presets), key=lambda r: r.latency_ms)
     if sweep:
-        ax1.plot([r.latency_ms for r in sweep], [min(r.snr_db, cap) for r in sweep], color="tab:blue", alpha=0.5)
+        ax1.plot(
+            [r.latency_ms for r in sweep], [min(r.snr_db, cap) for r in sweep], color="tab:blue", alpha=0.5
+        )
         ax2.plot([r.latency_ms for r in sweep], [r.agreement[0] for r in sweep], color="tab:blue", alpha=0.5)
-    ax1.set(xlabel="algorithmic latency, encoder + decoder (ms)", ylabel="SNR vs offline (dB)", title="Streamed audio")
-    ax2.set(xlabel="algorithmic latency, encoder + decoder (ms)", ylabel="agreement with offline (%)", title="Codes, quantizer 1")
+    ax1.set(
+        xlabel="algorithmic latency, encoder + decoder (ms)",
+        ylabel="SNR vs offline (dB)",
+        title="Streamed audio",
+    )
+    ax2.set(
+        xlabel="algorithmic latency, encoder + decoder (ms)",
+        ylabel="agreement with offline (%)",
+        title="Codes, quantizer 1",
+    )
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
     proxy = " (random-weight proxy)" if model_id.startswith("random:") else ""

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from xcodec_stream.streaming.graph import StreamGraph, chain_from_module
 from xcodec_stream.streaming.layers import OPEN_END
 from xcodec_stream.streaming.presets import StreamingOptions, resolve
-from xcodec_stream.streaming.slots import SlotEngine
+from xcodec_stream.streaming.slots import SlotEngine, take_frames
 from xcodec_stream.streaming.state import StateBank
 
 
@@ -30,7 +30,9 @@ class StreamingDecoder(SlotEngine):
 
     kind = "decoder"
 
-    def __init__(self, model: torch.nn.Module, batch_size: int = 1, latency: str | StreamingOptions = "balanced") -> None:
+    def __init__(
+        self, model: torch.nn.Module, batch_size: int = 1, latency: str | StreamingOptions = "balanced"
+    ) -> None:
         super().__init__(model, batch_size)
         self.options = opts = resolve(latency)
         hop = self.frame_size
@@ -75,11 +77,15 @@ class StreamingDecoder(SlotEngine):
         """(B, n_q, F) int codes, every row in sync -> float32 (B, n_new) samples now final."""
         codes = self._as_codes(codes, 3)
         if codes.shape[0] != self.batch_size:
-            raise ValueError(f"codes have {codes.shape[0]} rows, this decoder has batch_size {self.batch_size}")
+            raise ValueError(
+                f"codes have {codes.shape[0]} rows, this decoder has batch_size {self.batch_size}"
+            )
         rows = np.arange(self.batch_size)
         self._open(rows)
         if not ((self.pos == self.pos[0]).all() and (self.emitted == self.emitted[0]).all()):
-            raise ValueError("the rows are not in sync (different stream positions); use step_slots({slot: codes})")
+            raise ValueError(
+                "the rows are not in sync (different stream positions); use step_slots({slot: codes})"
+            )
         frames = codes.shape[2]
         if frames == 0:
             return torch.zeros(self.batch_size, 0)
@@ -142,25 +148,25 @@ class StreamingDecoder(SlotEngine):
 
     def _flush_rows(self, rows: np.ndarray) -> list[tuple[torch.Tensor, np.ndarray, np.ndarray]]:
         self.end[rows] = self.pos[rows]
-        # exact: drain the delay with zero frames; speculative: one frame past the end runs the last blocks
-        extra = 1 if self.speculative else -(-self.graph.delay // self.frame_size)
-        outs = []
-        if extra:
-            zeros = torch.zeros(len(rows), self.num_quantizers, extra, dtype=torch.long)
-            n_q = np.zeros(len(rows), dtype=np.int64)  # no codebook: zero latent past the end
-            outs = self._advance(rows, zeros, n_q, np.full(len(rows), extra))
+        # exact: drain the delay with zero frames; speculative: the last blocks run from the state at the end
+        extra = 0 if self.speculative else -(-self.graph.delay // self.frame_size)
+        zeros = torch.zeros(len(rows), self.num_quantizers, max(extra, 1), dtype=torch.long)
+        n_q = np.zeros(len(rows), dtype=np.int64)  # no codebook: zero latent past the end
+        outs = self._advance(rows, zeros, n_q, np.full(len(rows), extra), force=True)
         self.finished[rows] = True
         return outs
 
     def _advance(
-        self, rows: np.ndarray, codes: torch.Tensor, n_q: np.ndarray, frames: np.ndarray
+        self, rows: np.ndarray, codes: torch.Tensor, n_q: np.ndarray, frames: np.ndarray, force: bool = False
     ) -> list[tuple[torch.Tensor, np.ndarray, np.ndarray]]:
         """Commit `frames[i]` frames of `codes[i]` to row `rows[i]`, in bounded calls. Returns per call the
         output (n, T) and, per row, the first and last+1 index of its new samples in it."""
         outs = []
-        for start, sel, adv in self._sub_calls(frames):
-            k = int(adv.max())
-            out, lo, hi = self._run(rows[sel], codes[sel, :, start : start + k], n_q[sel], adv[sel])
+        grid = (self.block, self.options.decoder_lookahead) if self.speculative else None
+        for sel, offset, adv in self._segments(rows, frames, grid, force):
+            k = int(adv[sel].max(initial=0))
+            chunk = take_frames(codes[torch.from_numpy(sel)], offset[sel], k)
+            out, lo, hi = self._run(rows[sel], chunk, n_q[sel], adv[sel])
             full_lo = np.zeros(len(rows), dtype=np.int64)
             full_hi = np.zeros(len(rows), dtype=np.int64)
             full_lo[sel], full_hi[sel] = lo, hi
@@ -190,19 +196,22 @@ class StreamingDecoder(SlotEngine):
         k = codes.shape[2]
         pos, end = self.pos[rows], self.end[rows]
         ended = end < OPEN_END
-        latent = self._latent(codes, n_q)
-        if ended.any():  # past a row's end the decoder's input is zero (offline zero padding)
-            past = torch.from_numpy(pos[:, None] + np.arange(k)[None, :] >= end[:, None]).to(dev)
-            latent = latent.masked_fill(past[:, None, :], 0.0)
         rows_t = self._rows_tensor(rows)
         states = self.bank.take(rows_t)
-        adv_arg = None if (adv == k).all() else adv
-        y, new = self.graph.step(latent, states, pos, adv_arg, end if ended.any() else None)
-        self.bank.put(rows_t, new)
+        y = None
+        if k:
+            latent = self._latent(codes, n_q)
+            if ended.any():  # past a row's end the decoder's input is zero (offline zero padding)
+                past = torch.from_numpy(pos[:, None] + np.arange(k)[None, :] >= end[:, None]).to(dev)
+                latent = latent.masked_fill(past[:, None, :], 0.0)
+            adv_arg = None if (adv == k).all() else adv
+            y, new = self.graph.step(latent, states, pos, adv_arg, end if ended.any() else None)
+            self.bank.put(rows_t, new)
+            states = [s if n is None else n for s, n in zip(states, new, strict=True)]
         pos_new = pos + adv
         self.pos[rows] = pos_new
         if self.speculative:
-            return self._blocks(latent, states, pos, pos_new, end, rows)
+            return self._blocks(states, pos_new, end, rows)
         # output j of this call has time pos*hop - delay + j; emit the final samples inside [0, end*hop)
         t0 = pos * hop - self.graph.delay
         stop = np.minimum(pos_new * hop - self.graph.delay, end * hop)
@@ -212,52 +221,52 @@ class StreamingDecoder(SlotEngine):
         return y[:, 0].float().cpu(), lo, hi
 
     def _blocks(
-        self,
-        latent: torch.Tensor,
-        states: list[torch.Tensor],
-        pos: np.ndarray,
-        pos_new: np.ndarray,
-        end: np.ndarray,
-        rows: np.ndarray,
+        self, states: list[torch.Tensor], pos: np.ndarray, end: np.ndarray, rows: np.ndarray
     ) -> tuple[torch.Tensor, np.ndarray, np.ndarray]:
-        """Samples of the blocks now due, each from a speculative run (from the state at the start of this
-        call, real frames up to the block's end + lookahead, then the codes taken to end there)."""
+        """Samples of the blocks now due. Calls stop at cuts, so a due block's cut (its end + lookahead, or
+        the codes' end) is where the row's state now is (`pos`): one speculative run from that state, with
+        the codes taken to end there, brings its samples out. All due blocks run as one batch."""
         hop, dev, B, L = self.frame_size, self.device, self.block, self.options.decoder_lookahead
         delay = self.graph.delay
         done = self.emitted[rows] // (B * hop)  # blocks out
-        total = np.where(pos_new >= end, -(-end // B), np.maximum(0, (pos_new - L) // B))
+        total = np.where(pos >= end, -(-end // B), np.maximum(0, (pos - L) // B))
         due = np.maximum(0, total - done)
+        empty = np.zeros(len(rows), np.int64)
         if not due.any():
-            return torch.zeros(len(rows), 0), np.zeros(len(rows), np.int64), np.zeros(len(rows), np.int64)
+            return torch.zeros(len(rows), 0), empty, empty
         rep = np.repeat(np.arange(len(rows)), due)
-        first = (done[rep] + np.arange(len(rep)) - (np.cumsum(due) - due)[rep]) * B
+        slot = np.arange(len(rep)) - (np.cumsum(due) - due)[rep]
+        first = (done[rep] + slot) * B
         cut = np.minimum(first + B + L, end[rep])
+        if (cut != np.minimum(pos[rep], end[rep])).any():
+            raise RuntimeError("speculative block away from its cut (engine bug)")
         length = int((first + B - pos[rep]).max()) + -(-delay // hop)
-        keep = np.arange(latent.shape[-1])[None, :] < (cut - pos[rep])[:, None]
         rep_t = torch.from_numpy(rep).to(dev)
-        xs = latent.index_select(0, rep_t) * torch.from_numpy(keep[:, None, :]).to(dev, latent.dtype)
-        xs = torch.nn.functional.pad(xs, (0, max(0, length - xs.shape[-1])))
         st = [s.index_select(0, rep_t) for s in states]
-        y, _ = self.graph.step(xs, st, pos[rep], adv=np.zeros(len(rep), dtype=np.int64), end=cut)
+        zeros = torch.zeros(
+            len(rep), self.graph.chain.children[0].module.in_channels, length, device=dev, dtype=self.dtype
+        )
+        y, _ = self.graph.step(zeros, st, pos[rep], adv=np.zeros(len(rep), dtype=np.int64), end=cut)
         # sample j of virtual row v has time pos*hop - delay + j; the block is [first*hop, (first+B)*hop)
-        idx = torch.from_numpy((first * hop - pos[rep] * hop + delay)[:, None] + np.arange(B * hop)[None, :]).to(dev)
+        idx = torch.from_numpy(((first - pos[rep]) * hop + delay)[:, None] + np.arange(B * hop)[None, :]).to(
+            dev
+        )
         blocks = y[:, 0].gather(-1, idx).float().cpu()  # (n_v, B*hop), zeros past the end
         # per row: its due blocks in order, trimmed at its end
-        width = int(due.max()) * B * hop
-        out = torch.zeros(len(rows), width)
-        slot = np.arange(len(rep)) - (np.cumsum(due) - due)[rep]
+        out = torch.zeros(len(rows), int(due.max()) * B * hop)
         out.view(len(rows), -1, B * hop)[torch.from_numpy(rep), torch.from_numpy(slot)] = blocks
-        lo = np.zeros(len(rows), np.int64)
         hi = np.minimum(due * B * hop, np.maximum(end * hop - done * B * hop, 0))
-        self.emitted[rows] = done * B * hop + due * B * hop
-        return out, lo, hi
+        self.emitted[rows] = (done + due) * B * hop
+        return out, empty, hi
 
     def _stack(self, outs: list[tuple[torch.Tensor, np.ndarray, np.ndarray]]) -> torch.Tensor:
         """Rows in sync: the same range of every call's output is new for every row."""
         parts = [out[:, lo[0] : hi[0]] for out, lo, hi in outs]
         return torch.cat(parts, dim=-1) if parts else torch.zeros(self.batch_size, 0)
 
-    def _split(self, rows: np.ndarray, outs: list[tuple[torch.Tensor, np.ndarray, np.ndarray]]) -> dict[int, torch.Tensor]:
+    def _split(
+        self, rows: np.ndarray, outs: list[tuple[torch.Tensor, np.ndarray, np.ndarray]]
+    ) -> dict[int, torch.Tensor]:
         per_row: list[list[torch.Tensor]] = [[] for _ in rows]
         for out, lo, hi in outs:
             for i in range(len(rows)):

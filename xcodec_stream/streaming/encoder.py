@@ -17,7 +17,7 @@ from xcodec_stream.streaming.graph import StreamGraph, chain_from_module
 from xcodec_stream.streaming.layers import OPEN_END, shift
 from xcodec_stream.streaming.presets import StreamingOptions, resolve
 from xcodec_stream.streaming.semantic import SemanticStream
-from xcodec_stream.streaming.slots import MAX_FRAMES_PER_CALL, SlotEngine
+from xcodec_stream.streaming.slots import MAX_FRAMES_PER_CALL, SlotEngine, take_frames
 from xcodec_stream.streaming.state import StateBank
 
 
@@ -75,7 +75,9 @@ class StreamingEncoder(SlotEngine):
         ac_channels = model.acoustic_encoder.conv2.out_channels
         sem_channels = model.encoder_semantic.out_channels
         # latents wait here until the other branch has the same frame; bounded by the two branches' lags
-        self.ring = self.acoustic.delay + 2 * opts.semantic_block + opts.semantic_lookahead + MAX_FRAMES_PER_CALL
+        self.ring = (
+            self.acoustic.delay + 2 * opts.semantic_block + opts.semantic_lookahead + MAX_FRAMES_PER_CALL
+        )
         n_ac, n_sem = len(self.acoustic.templates), len(self.semantic.templates)
         self._ac = slice(0, n_ac)
         self._sem = slice(n_ac, n_ac + n_sem)
@@ -152,7 +154,9 @@ class StreamingEncoder(SlotEngine):
             and (self.pos == self.pos[0]).all()
             and (self.coded == self.coded[0]).all()
         ):
-            raise ValueError("the rows are not in sync (different stream positions); use step_slots({slot: pcm})")
+            raise ValueError(
+                "the rows are not in sync (different stream positions); use step_slots({slot: pcm})"
+            )
         p = int(self.pending_n[0])
         audio = torch.cat([self.pending[:, :p], pcm], dim=1)
         frames = audio.shape[1] // self.frame_size
@@ -221,29 +225,32 @@ class StreamingEncoder(SlotEngine):
     def _flush_rows(self, rows: np.ndarray) -> tuple[list[torch.Tensor], list[np.ndarray]]:
         partial = self.pending_n[rows]
         self.end[rows] = self.pos[rows] + (partial > 0)
-        # the rest of the signal, then (exact acoustic encoder) its lookahead as zeros; at least one frame so
-        # that the last blocks run
+        # the rest of the signal; exact acoustic encoder: then its lookahead as zeros (speculative blocks need
+        # nothing more: they take the signal to end where it ends). One call at least: the last blocks run.
         extra = 0 if self.speculative else self.acoustic.delay
-        frames = np.maximum(self.end[rows] - self.pos[rows] + extra, 1)
-        audio = torch.zeros(len(rows), int(frames.max()) * self.frame_size)
+        frames = self.end[rows] - self.pos[rows] + extra
+        audio = torch.zeros(len(rows), max(1, int(frames.max())) * self.frame_size)
         keep = torch.arange(self.frame_size)[None, :] < torch.from_numpy(partial)[:, None]
         audio[:, : self.frame_size] = self.pending[torch.from_numpy(rows)] * keep
-        codes, counts = self._advance(rows, audio, frames)
+        codes, counts = self._advance(rows, audio, frames, force=True)
         self.pending[torch.from_numpy(rows)] = 0.0
         self.pending_n[rows] = 0
         self.finished[rows] = True
         return codes, counts
 
     def _advance(
-        self, rows: np.ndarray, audio: torch.Tensor, frames: np.ndarray
+        self, rows: np.ndarray, audio: torch.Tensor, frames: np.ndarray, force: bool = False
     ) -> tuple[list[torch.Tensor], list[np.ndarray]]:
         """Commit `frames[i]` frames of `audio[i]` to row `rows[i]` (rows sorted), in bounded calls.
         Returns per call: codes (max_n_q, total) of the rows with new codes, and per-row counts."""
         codes, counts = [], []
         hop = self.frame_size
-        for start, sel, adv in self._sub_calls(frames):
-            k = int(adv.max())
-            chunk = audio[sel, start * hop : (start + k) * hop].to(self.device, self.dtype)
+        by_frame = audio.view(len(rows), -1, hop).transpose(1, 2)  # (n, hop, F)
+        grid = (self.semantic.block, self.options.acoustic_lookahead) if self.speculative else None
+        for sel, offset, adv in self._segments(rows, frames, grid, force):
+            k = int(adv[sel].max(initial=0))
+            chunk = take_frames(by_frame[torch.from_numpy(sel)], offset[sel], k)
+            chunk = chunk.transpose(1, 2).reshape(int(sel.sum()), k * hop).to(self.device, self.dtype)
             c, n = self._run(rows[sel], chunk, adv[sel])
             full = np.zeros(len(rows), dtype=np.int64)
             full[sel] = n
@@ -268,11 +275,14 @@ class StreamingEncoder(SlotEngine):
 
         # acoustic branch -> ring of latents ending at frame ac_done
         delay = self.acoustic.delay
-        lat, new[self._ac] = self.acoustic.step(x, states[self._ac], pos, adv_arg, end_arg)
+        ac_states = states[self._ac]
+        if k:
+            lat, new[self._ac] = self.acoustic.step(x, ac_states, pos, adv_arg, end_arg)
+            ac_states = [s if n is None else n for s, n in zip(ac_states, new[self._ac], strict=True)]
         ring_a = states[self._ring_a]
         if self.speculative:
-            ring_a = self._acoustic_blocks(rows, x, states[self._ac], pos, pos_new, end, ring_a)
-        else:
+            ring_a = self._acoustic_blocks(rows, ac_states, pos_new, end, ring_a)
+        elif k:
             done = np.minimum(np.maximum(pos_new - delay, 0), end)
             # the ring ends at frame `done` (before any latent exists its content is never read)
             keep_from = torch.from_numpy(np.minimum(done - pos + delay, adv)).to(dev)
@@ -283,17 +293,23 @@ class StreamingEncoder(SlotEngine):
         # semantic conv features -> feature ring, frame t at index t - (pos - fring) before the shift
         s_states = states[self._sem]
         n_f = sem.n_feat_states
-        feats, f_new = sem.features.step(x, s_states[:n_f], pos, adv_arg, end_arg)
-        feat_cat = torch.cat([s_states[n_f], feats], dim=-1)
-        adv_t = None if adv_arg is None else torch.from_numpy(adv).to(dev)
-        s_new: list[torch.Tensor | None] = [*f_new, shift(feat_cat, adv_t, 1, sem.ring)]
+        if k:
+            feats, f_new = sem.features.step(x, s_states[:n_f], pos, adv_arg, end_arg)
+            feat_cat = torch.cat([s_states[n_f], feats], dim=-1)
+            adv_t = None if adv_arg is None else torch.from_numpy(adv).to(dev)
+            s_new: list[torch.Tensor | None] = [*f_new, shift(feat_cat, adv_t, 1, sem.ring)]
+        else:
+            feat_cat = s_states[n_f]
+            s_new = [None] * (n_f + 1)
         se_states = list(s_states[sem.se_slice])
 
         # semantic blocks due: the window's last frame is in (or the row ended and every frame is in)
         due = np.maximum(0, self._blocks_due(pos_new, end, sem.lookahead) - self.sem_blocks[rows])
         ring_s = states[self._ring_s]
         if due.any():
-            ring_s, se_states = self._semantic_blocks(rows, feat_cat, pos, pos_new, end, due, ring_s, se_states)
+            ring_s, se_states = self._semantic_blocks(
+                rows, feat_cat, pos, pos_new, end, due, ring_s, se_states
+            )
         s_new.extend(se_states)
         new[self._sem] = s_new
         new[self._ring_s] = ring_s
@@ -310,7 +326,8 @@ class StreamingEncoder(SlotEngine):
             return torch.zeros(self.max_n_q, 0, dtype=torch.long, device=dev), counts
         rep, j = _group_arange(counts)
         t = self.coded[rows][rep] + j
-        ia = t - (ac_done - self.ring)[rep]
+        ring_end = self.ac_blocks[rows] * B if self.speculative else ac_done  # block mode: whole blocks
+        ia = t - (ring_end - self.ring)[rep]
         is_ = t - (self.sem_blocks[rows] * B - self.ring)[rep]
         if ia.min() < 0 or is_.min() < 0:
             raise RuntimeError("latent ring too short (engine bug)")
@@ -332,31 +349,33 @@ class StreamingEncoder(SlotEngine):
     def _acoustic_blocks(
         self,
         rows: np.ndarray,
-        x: torch.Tensor,
         states: list[torch.Tensor],
         pos: np.ndarray,
-        pos_new: np.ndarray,
         end: np.ndarray,
         ring_a: torch.Tensor,
     ) -> torch.Tensor:
-        """Latents of the acoustic blocks now due, each from a speculative run of the acoustic encoder: from
-        the row's state at the start of this call, the real frames up to the block's end + lookahead, then
-        zeros with the signal taken to end there. All due blocks of all rows run as one batch."""
-        B, A, delay, hop, dev = self.semantic.block, self.options.acoustic_lookahead, self.acoustic.delay, self.frame_size, self.device
-        due = np.maximum(0, self._blocks_due(pos_new, end, A) - self.ac_blocks[rows])
+        """Latents of the acoustic blocks now due. Calls stop at cuts, so a due block's cut (end + lookahead,
+        or the signal's end) is where the row's state now is (`pos`): one speculative run from that state,
+        zeros in and the signal taken to end there, brings its latents out. All due blocks run as one batch."""
+        B, A, delay, dev = (
+            self.semantic.block,
+            self.options.acoustic_lookahead,
+            self.acoustic.delay,
+            self.device,
+        )
+        due = np.maximum(0, self._blocks_due(pos, end, A) - self.ac_blocks[rows])
         if not due.any():
             return ring_a
         rep, j = _group_arange(due)
         first = (self.ac_blocks[rows][rep] + j) * B
         cut = np.minimum(first + B + A, end[rep])  # the signal is taken to end here
-        real = cut - pos[rep]  # real frames of this call before the cut (0 .. adv)
+        if (cut != np.minimum(pos[rep], end[rep])).any():
+            raise RuntimeError("speculative block away from its cut (engine bug)")
         length = int((first + B + delay - pos[rep]).max())  # frames that bring the block's last latent out
-        keep = np.arange(x.shape[-1])[None, :] < (real * hop)[:, None]
         rep_t = torch.from_numpy(rep).to(dev)
-        xs = x.index_select(0, rep_t) * torch.from_numpy(keep[:, None, :]).to(dev, x.dtype)
-        xs = torch.nn.functional.pad(xs, (0, max(0, length * hop - xs.shape[-1])))
         st = [s.index_select(0, rep_t) for s in states]
-        y, _ = self.acoustic.step(xs, st, pos[rep], adv=np.zeros(len(rep), dtype=np.int64), end=cut)
+        zeros = torch.zeros(len(rep), 1, length * self.frame_size, device=dev, dtype=self.dtype)
+        y, _ = self.acoustic.step(zeros, st, pos[rep], adv=np.zeros(len(rep), dtype=np.int64), end=cut)
         # output j of virtual row v has frame time pos - delay + j
         idx = torch.from_numpy((first - pos[rep] + delay)[:, None] + np.arange(B)[None, :]).to(dev)
         lat = y.gather(-1, idx[:, None, :].expand(-1, y.shape[1], -1))  # (n_v, C, B)
@@ -409,7 +428,9 @@ class StreamingEncoder(SlotEngine):
             rr = torch.from_numpy(rep[w]).to(dev)
             st = [s.index_select(0, rr) for s in se_states]
             lat, st_new = sem.encode_block(se_in[torch.from_numpy(w).to(dev)], st, first[w], se_end[w])
-            se_states = [s.index_copy(0, rr, v) if v is not None else s for s, v in zip(se_states, st_new, strict=True)]
+            se_states = [
+                s.index_copy(0, rr, v) if v is not None else s for s, v in zip(se_states, st_new, strict=True)
+            ]
             shifted = torch.cat([ring_s.index_select(0, rr), lat], dim=-1)[..., B:]
             ring_s = ring_s.index_copy(0, rr, shifted)
         return ring_s, se_states
@@ -421,7 +442,9 @@ class StreamingEncoder(SlotEngine):
             return torch.zeros(self.batch_size, n_q, 0, dtype=torch.long)
         return torch.cat(parts, dim=-1)[:, :n_q].cpu()
 
-    def _split(self, rows: np.ndarray, codes: list[torch.Tensor], counts: list[np.ndarray]) -> dict[int, torch.Tensor]:
+    def _split(
+        self, rows: np.ndarray, codes: list[torch.Tensor], counts: list[np.ndarray]
+    ) -> dict[int, torch.Tensor]:
         per_row: list[list[torch.Tensor]] = [[] for _ in rows]
         for c, n in zip(codes, counts, strict=True):
             c = c.cpu()
@@ -430,6 +453,8 @@ class StreamingEncoder(SlotEngine):
         out = {}
         for i, row in enumerate(rows):
             n_q = int(self.n_q_slot[row])
-            joined = torch.cat(per_row[i], dim=1) if per_row[i] else torch.zeros(self.max_n_q, 0, dtype=torch.long)
+            joined = (
+                torch.cat(per_row[i], dim=1) if per_row[i] else torch.zeros(self.max_n_q, 0, dtype=torch.long)
+            )
             out[int(row)] = joined[:n_q].contiguous()
         return out

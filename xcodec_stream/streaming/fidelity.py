@@ -67,7 +67,9 @@ def snr_db(reference: torch.Tensor, estimate: torch.Tensor) -> float:
     return 10.0 * math.log10(max(signal, 1e-30) / noise)
 
 
-def measure(model: torch.nn.Module, refs: list[Reference], options: StreamingOptions, label: str, progress=None) -> Fidelity:
+def measure(
+    model: torch.nn.Module, refs: list[Reference], options: StreamingOptions, label: str, progress=None
+) -> Fidelity:
     """Stream every clip through encoder and decoder with `options`; compare with the offline references."""
     enc = model.streaming_encoder(latency=options)
     dec = model.streaming_decoder(latency=options)
@@ -78,7 +80,9 @@ def measure(model: torch.nn.Module, refs: list[Reference], options: StreamingOpt
     for ref in refs:
         codes = stream_encode(model, ref.audio, options)
         if codes.shape != ref.codes.shape:
-            raise RuntimeError(f"streamed codes have shape {tuple(codes.shape)}, offline {tuple(ref.codes.shape)}")
+            raise RuntimeError(
+                f"streamed codes have shape {tuple(codes.shape)}, offline {tuple(ref.codes.shape)}"
+            )
         matches += (codes == ref.codes).double().sum(dim=1)
         frames += codes.shape[1]
         ref_all.append(ref.decoded)
@@ -121,5 +125,7 @@ def sweep() -> list[tuple[str, StreamingOptions]]:
             semantic_left_context=left,
             semantic_lookahead=lookahead,
         )
-        out.append((f"a{acoustic}/d{decoder if decoder is not None else 'x'}/b{block}c{left}s{lookahead}", opts))
+        out.append(
+            (f"a{acoustic}/d{decoder if decoder is not None else 'x'}/b{block}c{left}s{lookahead}", opts)
+        )
     return out

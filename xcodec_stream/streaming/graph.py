@@ -30,9 +30,9 @@ ZERO_PRESERVING = (Snake1d, nn.ELU, nn.GELU, nn.ReLU, nn.SiLU, nn.Tanh, nn.Leaky
 
 class _Leaves(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        return isinstance(m, (ResidualUnit, nn.Conv1d, nn.ConvTranspose1d, *ZERO_PRESERVING)) or super().is_leaf_module(
-            m, qualname
-        )
+        return isinstance(
+            m, (ResidualUnit, nn.Conv1d, nn.ConvTranspose1d, *ZERO_PRESERVING)
+        ) or super().is_leaf_module(m, qualname)
 
 
 class _Branch(nn.Module):
@@ -62,7 +62,9 @@ def _called_modules(root: nn.Module) -> list[nn.Module]:
             prev = node
         elif node.op == "call_module":
             if len(node.args) != 1 or node.args[0] is not prev or node.kwargs:
-                raise ValueError(f"cannot stream {name}: {node.target} is not fed by the previous layer alone")
+                raise ValueError(
+                    f"cannot stream {name}: {node.target} is not fed by the previous layer alone"
+                )
             out.append(root.get_submodule(node.target))
             prev = node
         elif node.op == "output":

@@ -78,7 +78,9 @@ def shift(buf: torch.Tensor, adv: torch.Tensor | None, rate: int, keep: int) -> 
     return buf.gather(-1, idx[:, None, :].expand(b, c, keep))
 
 
-def valid_mask(ctx: StepContext, offset: int, rate: int, n: int, end: np.ndarray | None, device) -> torch.Tensor:
+def valid_mask(
+    ctx: StepContext, offset: int, rate: int, n: int, end: np.ndarray | None, device
+) -> torch.Tensor:
     """(b, 1, n) bool: output sample j of this call has a time in [0, end) of this layer's offline signal."""
     t = (offset + ctx.pos * rate)[:, None] + np.arange(n)[None, :]
     ok = t >= 0
@@ -114,7 +116,9 @@ class StreamNode:
         """Offline output length for offline input length `n` (per row)."""
         return n
 
-    def step(self, x: torch.Tensor, end: np.ndarray | None, ctx: StepContext) -> tuple[torch.Tensor, np.ndarray | None]:
+    def step(
+        self, x: torch.Tensor, end: np.ndarray | None, ctx: StepContext
+    ) -> tuple[torch.Tensor, np.ndarray | None]:
         """One call: `x` (b, C, N * in_rate), `end` the rows' offline input lengths (None: no row ended).
         Returns the output and the rows' offline output lengths."""
         raise NotImplementedError
@@ -158,7 +162,9 @@ class Conv(StreamNode):
 
     def __init__(self, module: nn.Conv1d, padding: int | None = None, head: bool = False) -> None:
         if module.padding_mode != "zeros" or isinstance(module.padding, str):
-            raise ValueError(f"streaming conv needs numeric zero padding, got {module.padding!r}/{module.padding_mode}")
+            raise ValueError(
+                f"streaming conv needs numeric zero padding, got {module.padding!r}/{module.padding_mode}"
+            )
         self.module = module
         self.kernel = module.kernel_size[0]
         self.stride = module.stride[0]
@@ -280,28 +286,38 @@ class ConvTranspose(StreamNode):
 
     def step(self, x, end, ctx):
         b, _, n_in = x.shape
-        s, m, c_out = self.stride, self.blocks, self.module.out_channels
-        if ctx.adv is not None:
-            # uncommitted inputs must not leak into the kept tail
-            keep = np.arange(n_in)[None, :] < (ctx.adv * self.in_rate)[:, None]
-            x = x * torch.from_numpy(keep[:, None, :]).to(x.device)
+        s, c_out = self.stride, self.module.out_channels
         # inputs past every row's end are zeros: skip them
         live = live_outputs(ctx, self.in_offset, self.in_rate, n_in, end)
-        taps = (x[..., :live].transpose(1, 2) @ self.matrix()).view(b, live, c_out, m, s)
-        # output block j (s samples) = sum over i of input j - i's kernel block i
-        y = F.pad(taps[:, :, :, 0], (0, 0, 0, 0, 0, n_in - live + m - 1))
-        for i in range(1, m):
-            y = y + F.pad(taps[:, :, :, i], (0, 0, 0, 0, i, n_in - live + m - 1 - i))
-        y = y.permute(0, 2, 1, 3).reshape(b, c_out, (n_in + m - 1) * s)
+        taps = (x[..., :live].transpose(1, 2) @ self.matrix()).view(b, live, c_out, self.blocks, s)
+        y = self._overlap(taps, n_in)
         if self.tail:
-            y = torch.cat([y[..., : self.tail] + ctx.states[self.state_index], y[..., self.tail :]], dim=-1)
-            ctx.new_states[self.state_index] = advance(y, ctx, self.out_rate, self.tail)
+            tail = ctx.states[self.state_index]
+            if ctx.adv is None:
+                kept = y
+            else:  # the kept tail holds committed inputs only; uncommitted ones still count for the output
+                committed = np.arange(live)[None, :] < (ctx.adv * self.in_rate)[:, None]
+                kept = self._overlap(
+                    taps * torch.from_numpy(committed).to(taps)[:, :, None, None, None], n_in
+                )
+            kept = torch.cat([kept[..., : self.tail] + tail, kept[..., self.tail :]], dim=-1)
+            ctx.new_states[self.state_index] = advance(kept, ctx, self.out_rate, self.tail)
+            y = torch.cat([y[..., : self.tail] + tail, y[..., self.tail :]], dim=-1)
         out = y[..., : n_in * s]
         if self.module.bias is not None:
             out = out + self.module.bias[:, None]
         if end is not None:
             end = self.out_len(end)
         return self._mask(out, end, ctx), end
+
+    def _overlap(self, taps: torch.Tensor, n_in: int) -> torch.Tensor:
+        """(b, live, C, m, s) per-input kernel blocks -> (b, C, (n_in + m - 1) * s): output block j is the sum
+        over i of input j - i's block i."""
+        b, live, c_out, m, s = taps.shape
+        y = F.pad(taps[:, :, :, 0], (0, 0, 0, 0, 0, n_in - live + m - 1))
+        for i in range(1, m):
+            y = y + F.pad(taps[:, :, :, i], (0, 0, 0, 0, i, n_in - live + m - 1 - i))
+        return y.permute(0, 2, 1, 3).reshape(b, c_out, (n_in + m - 1) * s)
 
 
 class Delay(StreamNode):

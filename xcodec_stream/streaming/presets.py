@@ -89,4 +89,6 @@ def resolve(latency: str | StreamingOptions) -> StreamingOptions:
         return latency
     if isinstance(latency, str) and latency in PRESETS:
         return PRESETS[latency]
-    raise ValueError(f"unknown latency preset {latency!r}; use one of {', '.join(PRESETS)} or StreamingOptions(...)")
+    raise ValueError(
+        f"unknown latency preset {latency!r}; use one of {', '.join(PRESETS)} or StreamingOptions(...)"
+    )

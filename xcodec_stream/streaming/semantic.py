@@ -146,7 +146,9 @@ def _fill_head(graph: StreamGraph) -> None:
             graph.templates[node.state_index] = tpl
             value = node.norm.bias.detach().float().clone()  # a constant channel normalises to 0 -> bias
         elif isinstance(node, Pointwise):
-            value = node.module(value[None, :, None].to(next(node.module.parameters(), value).dtype))[0, :, 0].float()
+            value = node.module(value[None, :, None].to(next(node.module.parameters(), value).dtype))[
+                0, :, 0
+            ].float()
 
 
 class SemanticStream:
@@ -158,7 +160,9 @@ class SemanticStream:
 
     def __init__(self, model: nn.Module, block: int, left: int, lookahead: int, max_frames: int) -> None:
         if block < 1 or left < 0 or lookahead < 0:
-            raise ValueError(f"semantic block must be >= 1 and context/lookahead >= 0, got {block}, {left}, {lookahead}")
+            raise ValueError(
+                f"semantic block must be >= 1 and context/lookahead >= 0, got {block}, {left}, {lookahead}"
+            )
         self.model = model
         sm = model.semantic_model
         self.block, self.left, self.lookahead = block, left, lookahead

@@ -40,7 +40,11 @@ class SlotEngine:
 
     # ---- slots ------------------------------------------------------------------------------------
     def _slot(self, slot: object) -> int:
-        if isinstance(slot, bool) or not isinstance(slot, (int, np.integer)) or not 0 <= slot < self.batch_size:
+        if (
+            isinstance(slot, bool)
+            or not isinstance(slot, (int, np.integer))
+            or not 0 <= slot < self.batch_size
+        ):
             raise ValueError(f"slot must be an integer in 0..{self.batch_size - 1}, got {slot!r}")
         return int(slot)
 
@@ -76,10 +80,35 @@ class SlotEngine:
         """Bytes held by per-session state (constant while streams run)."""
         return self.bank.nbytes()
 
-    @staticmethod
-    def _sub_calls(frames: np.ndarray) -> Iterable[tuple[int, np.ndarray, np.ndarray]]:
-        """Split per-row frame counts into calls of <= MAX_FRAMES_PER_CALL: (first frame, row mask, adv)."""
-        total = int(frames.max(initial=0))
-        for start in range(0, total, MAX_FRAMES_PER_CALL):
-            adv = np.clip(frames - start, 0, MAX_FRAMES_PER_CALL)
-            yield start, adv > 0, adv
+    def _segments(
+        self, rows: np.ndarray, frames: np.ndarray, grid: tuple[int, int] | None = None, force: bool = False
+    ) -> Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Split per-row frame counts into internal calls: yields (selected rows mask, per-row offset into the
+        input, per-row frames to commit). At most MAX_FRAMES_PER_CALL frames per call; with `grid` =
+        (block, lookahead), a call also stops at each row's next cut `(k + 1) * block + lookahead`, so that
+        a speculative block starts from the state at its cut. `force`: one call even if nothing advances
+        (a flush). Reads `self.pos` at each step: the caller commits between steps."""
+        remaining = frames.astype(np.int64).copy()
+        offset = np.zeros_like(remaining)
+        first = True
+        while remaining.any() or (force and first):
+            adv = np.minimum(remaining, MAX_FRAMES_PER_CALL)
+            if grid is not None:
+                block, ahead = grid
+                pos = self.pos[rows]
+                nxt = np.maximum(block + ahead, ((pos - ahead) // block + 1) * block + ahead)
+                adv = np.minimum(adv, nxt - pos)
+            sel = np.ones(len(rows), dtype=bool) if (force and first) else adv > 0
+            yield sel, offset.copy(), adv
+            offset += adv
+            remaining -= adv
+            first = False
+
+
+def take_frames(x: torch.Tensor, offset: np.ndarray, count: int) -> torch.Tensor:
+    """x (n, ..., F) -> (n, ..., count): frames offset[i] .. offset[i] + count of each row (clipped at F)."""
+    if count == 0:
+        return x[..., :0]
+    idx = np.clip(offset[:, None] + np.arange(count)[None, :], 0, max(x.shape[-1] - 1, 0))
+    idx_t = torch.from_numpy(idx).view(x.shape[0], *([1] * (x.dim() - 2)), count).expand(*x.shape[:-1], count)
+    return x.gather(-1, idx_t)

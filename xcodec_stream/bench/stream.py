@@ -1,0 +1,272 @@
+"""Single-stream streaming loopback (encode + decode) per preset and chunk size, against offline in the same run.
+
+Each step feeds one chunk to the streaming encoder and its codes to the streaming decoder, as a real-time
+client would; the time of every step is recorded. RTF = compute time / audio time (< 1: faster than real
+time). The offline model (whole-signal encode + decode) is timed on the same audio in the same run as the
+baseline. A long stream then checks that the step time at minute 10 equals the one at minute 1, and the
+time is split by part (acoustic encoder, semantic model windows, rest of the encoder, decoder).
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+import time
+import warnings
+
+import numpy as np
+import torch
+
+from xcodec_stream.bench.report import machine, markdown_table, today, write_section
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model", default="random:full", help="checkpoint: random:full (default), hub id or directory"
+    )
+    p.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    p.add_argument("--device", default="cpu", help="torch device (default cpu)")
+    p.add_argument(
+        "--chunk-ms", default="20,40,80", help="comma-separated chunk sizes in ms (default 20,40,80)"
+    )
+    p.add_argument("--presets", default="exact,balanced,low", help="comma-separated presets (default: all)")
+    p.add_argument(
+        "--seconds", type=float, default=10.0, help="audio per measurement in seconds (default 10)"
+    )
+    p.add_argument(
+        "--long-minutes",
+        type=float,
+        default=10.0,
+        help="length of the long stream; step times are reported at minute 1 and at its end (default 10; 0 skips)",
+    )
+    p.add_argument("--long-preset", default="balanced", help="preset of the long stream (default balanced)")
+    p.add_argument(
+        "--long-chunk-ms", type=float, default=40.0, help="chunk of the long stream in ms (default 40)"
+    )
+    p.add_argument("--output", default="docs/BENCHMARKS.md", help="markdown file to update ('' to not write)")
+
+
+def _signal(seconds: float, seed: int = 1) -> torch.Tensor:
+    from xcodec_stream.model.random_init import calibration_signal
+
+    n = int(round(seconds * 16000 / 320)) * 320
+    return torch.from_numpy(calibration_signal(seconds=n / 16000, seed=seed))
+
+
+class _PartTimer:
+    """Wall time spent in a few methods of the engines (instance attributes wrapped; benchmark only)."""
+
+    def __init__(self) -> None:
+        self.totals: dict[str, float] = {}
+
+    def wrap(self, obj: object, name: str, label: str) -> None:
+        fn = getattr(obj, name)
+
+        def timed(*a, **k):
+            t0 = time.perf_counter()
+            try:
+                return fn(*a, **k)
+            finally:
+                self.totals[label] = self.totals.get(label, 0.0) + time.perf_counter() - t0
+
+        setattr(obj, name, timed)
+
+
+def _loopback(model, preset: str, x: torch.Tensor, chunk: int, parts: _PartTimer | None = None):
+    """Stream x through encoder and decoder in chunks; returns (step times s, total s, samples out)."""
+    enc = model.streaming_encoder(latency=preset)
+    dec = model.streaming_decoder(latency=preset)
+    if parts is not None:
+        parts.wrap(enc.acoustic, "step", "acoustic encoder")
+        parts.wrap(enc.semantic, "window_hidden", "semantic model windows")
+        parts.wrap(dec, "_run", "decoder")
+        parts.wrap(enc, "_run", "encoder (all)")
+    times = []
+    out = 0
+    t_start = time.perf_counter()
+    for i in range(0, x.shape[0], chunk):
+        t0 = time.perf_counter()
+        audio = dec.step(enc.step(x[None, i : i + chunk]))
+        times.append(time.perf_counter() - t0)
+        out += audio.shape[-1]
+    out += dec.step(enc.flush()).shape[-1] + dec.flush().shape[-1]
+    return np.array(times), time.perf_counter() - t_start, out, enc, dec
+
+
+def _offline(model, x: torch.Tensor, reps: int = 2) -> float:
+    xp = x[None, None]
+    best = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        codes = model.encode(xp).audio_codes
+        model.decode(codes)
+        best.append(time.perf_counter() - t0)
+    return float(np.median(best))
+
+
+def run(args: argparse.Namespace) -> int:
+    torch.set_num_threads(args.threads)
+    from xcodec_stream.cli.encode import load_model
+
+    chunks_ms = [float(c) for c in args.chunk_ms.split(",") if c.strip()]
+    presets = [p.strip() for p in args.presets.split(",") if p.strip()]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = load_model(args.model, args.device, "float32")
+    sr = model.sample_rate
+    x = _signal(args.seconds)
+    seconds = x.shape[0] / sr
+    _loopback(model, "balanced", x[:sr], 640)  # warm-up (allocator, kernels)
+    offline = _offline(model, x)
+    rows = [
+        [
+            "offline encode + decode (whole signal)",
+            "-",
+            "-",
+            f"{offline / seconds:.2f}",
+            "1.00",
+            "-",
+            "-",
+            "-",
+        ]
+    ]
+    print(
+        f"offline: {offline:.2f} s for {seconds:.1f} s of audio (RTF {offline / seconds:.2f})",
+        file=sys.stderr,
+    )
+    breakdown = None
+    for preset in presets:
+        for ms in chunks_ms:
+            chunk = int(round(ms * sr / 1000))
+            parts = (
+                _PartTimer()
+                if (preset == args.long_preset and ms == chunks_ms[len(chunks_ms) // 2])
+                else None
+            )
+            times, total, out, enc, dec = _loopback(model, preset, x, chunk, parts)
+            if out != -(-x.shape[0] // 320) * 320:
+                raise RuntimeError(f"{preset}: {out} samples out for {x.shape[0]} in")
+            rtf = total / seconds
+            chunk_s = chunk / sr
+            rows.append(
+                [
+                    f"{preset}",
+                    f"{ms:g}",
+                    f"{enc.latency_ms + dec.latency_ms:.0f}",
+                    f"{rtf:.2f}",
+                    f"{rtf / (offline / seconds):.2f}",
+                    f"{1000 * np.percentile(times, 50):.1f}",
+                    f"{1000 * np.percentile(times, 99):.1f}",
+                    "yes" if np.percentile(times, 99) <= chunk_s and rtf < 1 else "no",
+                ]
+            )
+            print(" | ".join(rows[-1]), file=sys.stderr)
+            if parts is not None:
+                breakdown = (preset, ms, parts.totals, total)
+    long_rows = _long_stream(model, args) if args.long_minutes > 0 else []
+    table = markdown_table(
+        [
+            "preset",
+            "chunk ms",
+            "algorithmic latency ms",
+            "RTF",
+            "x offline",
+            "step p50 ms",
+            "step p99 ms",
+            "real time",
+        ],
+        rows,
+    )
+    print(table)
+    if args.output:
+        _write(args, table, long_rows, breakdown, seconds)
+    return 0
+
+
+def _long_stream(model, args: argparse.Namespace) -> list[list[object]]:
+    """Per-step time around minute 1 and around the end of a long stream (same preset, same chunk)."""
+    sr = model.sample_rate
+    chunk = int(round(args.long_chunk_ms * sr / 1000))
+    total_steps = int(args.long_minutes * 60 * sr / chunk)
+    piece = _signal(20.0, seed=2)  # looped: a long stream of speech-like audio
+    enc = model.streaming_encoder(latency=args.long_preset)
+    dec = model.streaming_decoder(latency=args.long_preset)
+    window = max(50, int(5 * sr / chunk))  # ~5 s of steps
+    marks = {"minute 1": int(60 * sr / chunk), f"minute {args.long_minutes:g}": total_steps - window}
+    samples: dict[str, list[float]] = {k: [] for k in marks}
+    state_bytes = {}
+    pos = 0
+    for step in range(total_steps):
+        if pos + chunk > piece.shape[0]:
+            pos = 0
+        t0 = time.perf_counter()
+        dec.step(enc.step(piece[None, pos : pos + chunk]))
+        dt = time.perf_counter() - t0
+        pos += chunk
+        for label, start in marks.items():
+            if start <= step < start + window:
+                samples[label].append(dt)
+                state_bytes[label] = enc.state_bytes() + dec.state_bytes()
+        if step % max(1, total_steps // 20) == 0:
+            print(f"long stream: step {step}/{total_steps}", file=sys.stderr)
+    return [
+        [
+            label,
+            f"{1000 * np.percentile(v, 50):.1f}",
+            f"{1000 * np.percentile(v, 99):.1f}",
+            f"{state_bytes[label] / 2**20:.2f}",
+        ]
+        for label, v in samples.items()
+        if v
+    ]
+
+
+def _write(args, table: str, long_rows, breakdown, seconds: float) -> None:
+    command = (
+        "xcodec-stream " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        if "stream" in sys.argv
+        else (f"xcodec-stream bench stream --model {args.model} --threads {args.threads}")
+    )
+    lines = [
+        f"## Streaming loopback, one stream ({args.model}, {args.device})",
+        "",
+        f"- Machine: {machine()}",
+        f"- Date: {today()}",
+        f"- Command: `{command}`",
+        f"- {seconds:.1f} s of speech-like audio; each step = one chunk through the streaming encoder, its codes "
+        "through the streaming decoder. RTF = compute time / audio time; `x offline` = RTF / the offline model's "
+        "RTF (whole-signal encode + decode, same audio, same run). Real time = RTF < 1 and step p99 <= chunk.",
+        "",
+        table,
+    ]
+    if breakdown is not None:
+        preset, ms, totals, total = breakdown
+        enc_all = totals.get("encoder (all)", 0.0)
+        acoustic = totals.get("acoustic encoder", 0.0)
+        semantic = totals.get("semantic model windows", 0.0)
+        parts = [
+            ["acoustic encoder (committed + speculative runs)", f"{100 * acoustic / total:.0f}"],
+            ["semantic model windows (HuBERT/WavLM transformer)", f"{100 * semantic / total:.0f}"],
+            [
+                "rest of the encoder (conv features, semantic encoder, VQ)",
+                f"{100 * (enc_all - acoustic - semantic) / total:.0f}",
+            ],
+            ["decoder (committed + speculative runs)", f"{100 * totals.get('decoder', 0.0) / total:.0f}"],
+        ]
+        lines += [
+            "",
+            f"Where the time goes (`{preset}`, {ms:g} ms chunks), % of loopback time:",
+            "",
+            markdown_table(["part", "%"], parts),
+        ]
+    if long_rows:
+        lines += [
+            "",
+            f"Long stream (`{args.long_preset}`, {args.long_chunk_ms:g} ms chunks, {args.long_minutes:g} min): step time "
+            "over ~5 s of steps at each point, and the per-session state held by encoder + decoder.",
+            "",
+            markdown_table(["where", "step p50 ms", "step p99 ms", "state MiB"], long_rows),
+        ]
+    path = write_section("stream", "\n".join(lines), args.output)
+    print(f"wrote section 'stream' of {path}", file=sys.stderr)
