@@ -7,6 +7,8 @@ import warnings
 import pytest
 import torch
 
+from xcodec_stream import XcodecConfig, XcodecModel
+
 from .reference import (
     FORMS,
     make_transformers_model,
@@ -14,7 +16,6 @@ from .reference import (
     save_reference,
     tiny_config,
 )
-from xcodec_stream import XcodecConfig, XcodecModel
 
 pytest.importorskip("transformers")
 

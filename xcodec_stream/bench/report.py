@@ -10,7 +10,9 @@ from pathlib import Path
 
 import torch
 
-HEADER = "# Benchmarks\n\nEvery table is written by `xcodec-stream bench ...`; re-run the command to refresh it.\n"
+HEADER = (
+    "# Benchmarks\n\nEvery table is written by `xcodec-stream bench ...`; re-run the command to refresh it.\n"
+)
 
 
 def machine() -> str:
@@ -51,6 +53,8 @@ def write_section(name: str, body: str, path: str | Path = "docs/BENCHMARKS.md")
     begin, end = f"<!-- bench:{name}:begin -->", f"<!-- bench:{name}:end -->"
     block = f"{begin}\n{body.rstrip()}\n{end}"
     pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
-    text = pattern.sub(lambda _m: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    text = (
+        pattern.sub(lambda _m: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
+    )
     path.write_text(text)
     return path

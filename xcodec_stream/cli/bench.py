@@ -13,12 +13,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("bench", help="run a benchmark; prints a table and writes docs/BENCHMARKS.md")
     bsub = p.add_subparsers(dest="bench", metavar="BENCH", required=True)
     for name, module in BENCHES.items():
-        try:
-            mod = importlib.import_module(f"xcodec_stream.bench.{module}")
-        except ModuleNotFoundError as exc:
-            if exc.name != f"xcodec_stream.bench.{module}":
-                raise
-            continue
+        mod = importlib.import_module(f"xcodec_stream.bench.{module}")
         bp = bsub.add_parser(name, help=(mod.__doc__ or name).strip().splitlines()[0])
         mod.add_arguments(bp)
         bp.set_defaults(func=mod.run)

@@ -6,16 +6,9 @@ import argparse
 import importlib
 import sys
 
-# name -> module under xcodec_stream.cli; each module defines add_parser(subparsers) and run(args) -> int.
-# Imported lazily so that `xcodec-stream --help` does not pay for torch.
-SUBCOMMANDS = {
-    "encode": "encode",
-    "decode": "decode",
-    "serve": "serve",
-    "client": "client",
-    "eval": "evaluate",
-    "bench": "bench",
-}
+# Modules under xcodec_stream.cli, in help order; each defines add_parser(subparsers), which registers its
+# subcommand and sets `func` to its run(args) -> int.
+SUBCOMMANDS = ("encode", "decode", "serve", "client", "evaluate", "bench")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -24,14 +17,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Streaming X-Codec audio codec: offline encode/decode, a WebSocket daemon and its clients.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name, module in SUBCOMMANDS.items():
-        try:
-            mod = importlib.import_module(f"xcodec_stream.cli.{module}")
-        except ModuleNotFoundError as exc:  # a subcommand still being built must not break the others
-            if exc.name != f"xcodec_stream.cli.{module}":
-                raise
-            continue
-        mod.add_parser(sub)
+    for module in SUBCOMMANDS:
+        importlib.import_module(f"xcodec_stream.cli.{module}").add_parser(sub)
     return parser
 
 
