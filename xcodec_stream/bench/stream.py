@@ -192,8 +192,14 @@ def _long_stream(model, args: argparse.Namespace) -> list[list[object]]:
     piece = _signal(20.0, seed=2)  # looped: a long stream of speech-like audio
     enc = model.streaming_encoder(latency=args.long_preset)
     dec = model.streaming_decoder(latency=args.long_preset)
-    window = max(50, int(5 * sr / chunk))  # ~5 s of steps
-    marks = {"minute 1": int(60 * sr / chunk), f"minute {args.long_minutes:g}": total_steps - window}
+    window = max(20, min(int(5 * sr / chunk), total_steps // 4))  # ~5 s of steps
+    first = min(int(60 * sr / chunk), total_steps // 2)  # minute 1 (or half-way through a short stream)
+
+    def at(step: int) -> str:
+        seconds = int(step * chunk / sr)
+        return f"at {seconds // 60}:{seconds % 60:02d}"
+
+    marks = {at(first): first, at(total_steps - window): total_steps - window}
     samples: dict[str, list[float]] = {k: [] for k in marks}
     state_bytes = {}
     pos = 0

@@ -10,6 +10,8 @@ both its latents exist. Codes do not depend on how the signal was chunked. See d
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 
@@ -19,6 +21,19 @@ from xcodec_stream.streaming.presets import StreamingOptions, resolve
 from xcodec_stream.streaming.semantic import SemanticStream
 from xcodec_stream.streaming.slots import MAX_FRAMES_PER_CALL, SlotEngine, take_frames
 from xcodec_stream.streaming.state import StateBank
+
+
+@dataclass
+class _Step:
+    """One internal call's inputs and positions (host arrays, one entry per row of the call)."""
+
+    x: torch.Tensor  # (n, 1, K * hop)
+    frames: int  # K
+    pos: np.ndarray  # frames committed before the call
+    pos_new: np.ndarray  # ... and after it
+    end: np.ndarray  # signal length in frames (OPEN_END while open)
+    adv: np.ndarray | None  # frames committed now, None when every row commits all K
+    end_arg: np.ndarray | None  # `end` if any row ended, else None (no end masks needed)
 
 
 def _as_pcm(pcm: object, dims: int) -> torch.Tensor:
@@ -260,65 +275,77 @@ class StreamingEncoder(SlotEngine):
 
     def _run(self, rows: np.ndarray, audio: torch.Tensor, adv: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
         """One forward pass: rows commit adv[i] frames of audio (n, K*hop). Returns new codes and counts."""
-        hop, sem = self.frame_size, self.semantic
-        k = audio.shape[1] // hop
-        dev = self.device
         rows_t = self._rows_tensor(rows)
         states = self.bank.take(rows_t)
         new: list[torch.Tensor | None] = [None] * len(states)
         pos, end = self.pos[rows], self.end[rows]
-        ended = end < OPEN_END
-        end_arg = end if ended.any() else None
-        pos_new = pos + adv
-        adv_arg = None if (adv == k).all() else adv
-        x = audio[:, None, :]
-
-        # acoustic branch -> ring of latents ending at frame ac_done
-        delay = self.acoustic.delay
-        ac_states = states[self._ac]
-        if k:
-            lat, new[self._ac] = self.acoustic.step(x, ac_states, pos, adv_arg, end_arg)
-            ac_states = [s if n is None else n for s, n in zip(ac_states, new[self._ac], strict=True)]
-        ring_a = states[self._ring_a]
-        if self.speculative:
-            ring_a = self._acoustic_blocks(rows, ac_states, pos_new, end, ring_a)
-        elif k:
-            done = np.minimum(np.maximum(pos_new - delay, 0), end)
-            # the ring ends at frame `done` (before any latent exists its content is never read)
-            keep_from = torch.from_numpy(np.minimum(done - pos + delay, adv)).to(dev)
-            ring_a = shift(torch.cat([ring_a, lat], dim=-1), keep_from, 1, self.ring)
-            self.ac_done[rows] = done
-        new[self._ring_a] = ring_a
-
-        # semantic conv features -> feature ring, frame t at index t - (pos - fring) before the shift
-        s_states = states[self._sem]
-        n_f = sem.n_feat_states
-        if k:
-            feats, f_new = sem.features.step(x, s_states[:n_f], pos, adv_arg, end_arg)
-            feat_cat = torch.cat([s_states[n_f], feats], dim=-1)
-            adv_t = None if adv_arg is None else torch.from_numpy(adv).to(dev)
-            s_new: list[torch.Tensor | None] = [*f_new, shift(feat_cat, adv_t, 1, sem.ring)]
-        else:
-            feat_cat = s_states[n_f]
-            s_new = [None] * (n_f + 1)
-        se_states = list(s_states[sem.se_slice])
-
-        # semantic blocks due: the window's last frame is in (or the row ended and every frame is in)
-        due = np.maximum(0, self._blocks_due(pos_new, end, sem.lookahead) - self.sem_blocks[rows])
-        ring_s = states[self._ring_s]
-        if due.any():
-            ring_s, se_states = self._semantic_blocks(
-                rows, feat_cat, pos, pos_new, end, due, ring_s, se_states
-            )
-        s_new.extend(se_states)
-        new[self._sem] = s_new
-        new[self._ring_s] = ring_s
+        frames = audio.shape[1] // self.frame_size
+        step = _Step(
+            x=audio[:, None, :],
+            frames=frames,
+            pos=pos,
+            pos_new=pos + adv,
+            end=end,
+            adv=None if (adv == frames).all() else adv,
+            end_arg=end if (end < OPEN_END).any() else None,
+        )
+        new[self._ac], new[self._ring_a] = self._acoustic(rows, step, states[self._ac], states[self._ring_a])
+        new[self._sem], new[self._ring_s], due = self._semantic(
+            rows, step, states[self._sem], states[self._ring_s]
+        )
         self.bank.put(rows_t, new)
-        self.pos[rows] = pos_new
+        self.pos[rows] = step.pos_new
         self.sem_blocks[rows] += due
+        return self._codes(rows, end, new[self._ring_a], new[self._ring_s])
 
-        # codes for frames both branches have
-        B = sem.block
+    def _acoustic(
+        self, rows: np.ndarray, step: _Step, states: list[torch.Tensor], ring: torch.Tensor
+    ) -> tuple[list[torch.Tensor | None], torch.Tensor]:
+        """Commit the acoustic encoder; new latents go to the ring, which ends at frame `ac_done` (exact) or
+        at the last whole block (speculative)."""
+        new: list[torch.Tensor | None] = [None] * len(states)
+        delay = self.acoustic.delay
+        if step.frames:
+            lat, new = self.acoustic.step(step.x, states, step.pos, step.adv, step.end_arg)
+            states = [s if n is None else n for s, n in zip(states, new, strict=True)]
+        if self.speculative:
+            ring = self._acoustic_blocks(rows, states, step.pos_new, step.end, ring)
+        elif step.frames:
+            done = np.minimum(np.maximum(step.pos_new - delay, 0), step.end)
+            # the ring ends at frame `done` (before any latent exists its content is never read)
+            keep_from = np.minimum(done - step.pos + delay, step.pos_new - step.pos)
+            ring = shift(
+                torch.cat([ring, lat], dim=-1), torch.from_numpy(keep_from).to(self.device), 1, self.ring
+            )
+            self.ac_done[rows] = done
+        return new, ring
+
+    def _semantic(
+        self, rows: np.ndarray, step: _Step, states: list[torch.Tensor], ring_s: torch.Tensor
+    ) -> tuple[list[torch.Tensor | None], torch.Tensor, np.ndarray]:
+        """Commit the conv features (into the feature ring), then run the semantic blocks now due."""
+        sem = self.semantic
+        n_f = sem.n_feat_states
+        if step.frames:
+            feats, f_new = sem.features.step(step.x, states[:n_f], step.pos, step.adv, step.end_arg)
+            # feature frame t sits at index t - (pos - ring) of feat_cat
+            feat_cat = torch.cat([states[n_f], feats], dim=-1)
+            adv_t = None if step.adv is None else torch.from_numpy(step.adv).to(self.device)
+            new: list[torch.Tensor | None] = [*f_new, shift(feat_cat, adv_t, 1, sem.ring)]
+        else:
+            feat_cat = states[n_f]
+            new = [None] * (n_f + 1)
+        se_states = list(states[sem.se_slice])
+        due = np.maximum(0, self._blocks_due(step.pos_new, step.end, sem.lookahead) - self.sem_blocks[rows])
+        if due.any():
+            ring_s, se_states = self._semantic_blocks(rows, feat_cat, step, due, ring_s, se_states)
+        return [*new, *se_states], ring_s, due
+
+    def _codes(
+        self, rows: np.ndarray, end: np.ndarray, ring_a: torch.Tensor, ring_s: torch.Tensor
+    ) -> tuple[torch.Tensor, np.ndarray]:
+        """Codes of the frames both branches now have: fc + residual VQ (all quantizers; sliced per slot)."""
+        B, dev = self.semantic.block, self.device
         ac_done = self.ac_done[rows]
         sem_done = np.minimum(self.sem_blocks[rows] * B, end)
         counts = np.maximum(0, np.minimum(ac_done, sem_done) - self.coded[rows])
@@ -396,9 +423,7 @@ class StreamingEncoder(SlotEngine):
         self,
         rows: np.ndarray,
         feat_cat: torch.Tensor,
-        pos: np.ndarray,
-        pos_new: np.ndarray,
-        end: np.ndarray,
+        step: _Step,
         due: np.ndarray,
         ring_s: torch.Tensor,
         se_states: list[torch.Tensor],
@@ -407,6 +432,7 @@ class StreamingEncoder(SlotEngine):
         block by block (its state chains blocks of a row). Returns the new semantic ring and SE states."""
         sem, dev = self.semantic, self.device
         B, C, S, W = sem.block, sem.left, sem.lookahead, sem.window
+        pos, pos_new, end = step.pos, step.pos_new, step.end
         rep, j = _group_arange(due)
         first = (self.sem_blocks[rows][rep] + j) * B  # first frame of each due block
         t = first[:, None] - C + np.arange(W)[None, :]  # window frames
