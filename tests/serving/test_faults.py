@@ -67,3 +67,46 @@ async def test_out_of_memory_sheds_the_newest_sessions(atomic: bool) -> None:
     else:  # their slots may be half-stepped: failed as internal rather than continued with wrong state
         assert all(isinstance(r, ServerError) and r.code == "internal" for r in results[:2])
         assert codes[:2] == [1011, 1011]
+
+
+async def test_out_of_memory_with_the_real_engine_retries_the_oldest_exactly(tiny_model) -> None:
+    """random:tiny's engines: a batch of more than 2 encoder rows runs out of memory part-way through a
+    step (after its first internal call committed); the newest half is shed and the two oldest are retried
+    from the state `atomic` restored: their output equals the engine run alone, sample for sample."""
+    x = speech(seconds=0.6)
+    async with running_server(tiny_model, max_sessions=4, max_chunks_per_step=1) as srv:
+        enc = next(iter(srv.worker._engines.enc.values()))
+        assert enc.atomic_steps
+        run, gate, first = enc._run, threading.Event(), threading.Event()
+
+        def failing(rows, *args, **kwargs):
+            if not first.is_set():  # hold the worker until every session has input queued
+                first.set()
+                gate.wait(5)
+            out = run(rows, *args, **kwargs)  # commits, then the batch runs out of memory
+            if len(rows) > 2:
+                raise MemoryError("simulated out-of-memory")
+            return out
+
+        enc._run = failing
+        clients = [await Client.connect(srv.url, want=["audio", "codes"]) for _ in range(4)]
+        tasks = [asyncio.create_task(stream(clients[0], x, chunk_ms=100))]
+        while not first.is_set():
+            await asyncio.sleep(0.01)
+        tasks += [asyncio.create_task(stream(c, x, chunk_ms=100)) for c in clients[1:]]
+        while any(c.seq < 2 for c in clients):
+            await asyncio.sleep(0.01)
+        gate.set()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        for c in clients:
+            await c.close()
+    assert all(isinstance(r, ServerError) and r.code == "server_busy" for r in results[2:]), results[2:]
+    chunk = int(0.1 * 16000)
+    want_codes, want_audio = local_run(
+        tiny_model, [x[i : i + chunk] for i in range(0, x.size, chunk)], capacity=4
+    )
+    for r in results[:2]:
+        assert not isinstance(r, BaseException), r
+        assert r.done["samples_in"] == r.done["samples_out"] == x.size and not r.errors
+        np.testing.assert_array_equal(r.codes, want_codes)
+        np.testing.assert_allclose(r.audio, want_audio, atol=1e-6)

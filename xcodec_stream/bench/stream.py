@@ -10,6 +10,7 @@ time is split by part (acoustic encoder, semantic model windows, rest of the enc
 from __future__ import annotations
 
 import argparse
+import re
 import shlex
 import sys
 import time
@@ -94,6 +95,35 @@ def _loopback(model, preset: str, x: torch.Tensor, chunk: int, parts: _PartTimer
     return np.array(times), time.perf_counter() - t_start, out, enc, dec
 
 
+def _gflop_per_audio_second(model, preset: str | None, x: torch.Tensor, chunk: int) -> float:
+    """Matmul/conv/attention GFLOP (torch's FLOP counter) per second of audio: streaming loopback with
+    `preset`, or offline encode + decode when None."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+        if preset is None:
+            model.decode(model.encode(x[None, None]).audio_codes)
+        else:
+            _loopback(model, preset, x, chunk)
+    return counter.get_total_flops() / 1e9 / (x.shape[0] / model.sample_rate)
+
+
+def _matmul_gflops(device: str, reps: int = 5) -> float:
+    """Measured fp32 matmul throughput (GFLOP/s, best of `reps`) with the threads set: the ceiling that
+    FLOP-bound code can reach here."""
+    n = 1024
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    best = float("inf")
+    for _ in range(reps + 1):
+        t0 = time.perf_counter()
+        for _ in range(4):
+            a @ b
+        if device != "cpu":
+            torch.cuda.synchronize()
+        best = min(best, (time.perf_counter() - t0) / 4)
+    return 2 * n**3 / best / 1e9
+
+
 def _offline(model, x: torch.Tensor, reps: int = 2) -> float:
     xp = x[None, None]
     best = []
@@ -119,6 +149,9 @@ def run(args: argparse.Namespace) -> int:
     seconds = x.shape[0] / sr
     _loopback(model, "balanced", x[:sr], 640)  # warm-up (allocator, kernels)
     offline = _offline(model, x)
+    peak = _matmul_gflops(args.device)
+    x_flops = x[: 2 * sr]  # FLOPs are counted on 2 s (they do not depend on the signal)
+    gflop = _gflop_per_audio_second(model, None, x_flops, 0)
     rows = [
         [
             "offline encode + decode (whole signal)",
@@ -129,6 +162,8 @@ def run(args: argparse.Namespace) -> int:
             "-",
             "-",
             "-",
+            f"{gflop:.1f}",
+            f"{gflop / peak:.2f}",
         ]
     ]
     print(
@@ -137,6 +172,8 @@ def run(args: argparse.Namespace) -> int:
     )
     breakdown = None
     for preset in presets:
+        mid = int(round(chunks_ms[len(chunks_ms) // 2] * sr / 1000))
+        gflop = _gflop_per_audio_second(model, preset, x_flops, mid)
         for ms in chunks_ms:
             chunk = int(round(ms * sr / 1000))
             parts = (
@@ -159,6 +196,8 @@ def run(args: argparse.Namespace) -> int:
                     f"{1000 * np.percentile(times, 50):.1f}",
                     f"{1000 * np.percentile(times, 99):.1f}",
                     "yes" if np.percentile(times, 99) <= chunk_s and rtf < 1 else "no",
+                    f"{gflop:.1f}",
+                    f"{gflop / peak:.2f}",
                 ]
             )
             print(" | ".join(rows[-1]), file=sys.stderr)
@@ -175,12 +214,15 @@ def run(args: argparse.Namespace) -> int:
             "step p50 ms",
             "step p99 ms",
             "real time",
+            "GFLOP per audio s",
+            "RTF bound",
         ],
         rows,
     )
     print(table)
+    print(f"fp32 matmul here: {peak:.0f} GFLOP/s", file=sys.stderr)
     if args.output:
-        _write(args, table, long_rows, breakdown, seconds)
+        _write(args, table, long_rows, breakdown, seconds, peak)
     return 0
 
 
@@ -228,7 +270,7 @@ def _long_stream(model, args: argparse.Namespace) -> list[list[object]]:
     ]
 
 
-def _write(args, table: str, long_rows, breakdown, seconds: float) -> None:
+def _write(args, table: str, long_rows, breakdown, seconds: float, peak: float) -> None:
     command = (
         "xcodec-stream " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         if "stream" in sys.argv
@@ -243,6 +285,9 @@ def _write(args, table: str, long_rows, breakdown, seconds: float) -> None:
         f"- {seconds:.1f} s of speech-like audio; each step = one chunk through the streaming encoder, its codes "
         "through the streaming decoder. RTF = compute time / audio time; `x offline` = RTF / the offline model's "
         "RTF (whole-signal encode + decode, same audio, same run). Real time = RTF < 1 and step p99 <= chunk.",
+        f"- GFLOP per audio s: matmul, conv and attention FLOPs (torch's FLOP counter; the middle chunk size for "
+        f"each preset). RTF bound = GFLOP per audio s / {peak:.0f} GFLOP/s, the fp32 matmul throughput measured "
+        "in the same run: the RTF the model would have if every FLOP ran at matmul speed.",
         "",
         table,
     ]
@@ -274,5 +319,12 @@ def _write(args, table: str, long_rows, breakdown, seconds: float) -> None:
             "",
             markdown_table(["where", "step p50 ms", "step p99 ms", "state MiB"], long_rows),
         ]
-    path = write_section("stream", "\n".join(lines), args.output)
-    print(f"wrote section 'stream' of {path}", file=sys.stderr)
+    # one section per model and device, so a tiny-model or GPU run does not replace the full-model CPU table
+    name = (
+        "stream"
+        if (args.model, args.device) == ("random:full", "cpu")
+        else f"stream-{args.model}-{args.device}"
+    )
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", name)
+    path = write_section(name, "\n".join(lines), args.output)
+    print(f"wrote section '{name}' of {path}", file=sys.stderr)

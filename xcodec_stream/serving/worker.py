@@ -8,6 +8,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -155,6 +156,13 @@ def n_q_for(model_config: Any, bandwidth: float | None) -> int:
     if hasattr(model_config, "bandwidth_to_num_quantizers"):
         return int(model_config.bandwidth_to_num_quantizers(bandwidth))
     return int(model_config.num_quantizers)
+
+
+def _all_or_nothing(engine: Any, slots: list[int]) -> AbstractContextManager:
+    """The engine's `atomic(slots)` (a step + flush that raises leaves the slots as they were, so the rest of
+    an out-of-memory batch can be retried), or nothing for engines without one."""
+    atomic = getattr(engine, "atomic", None)
+    return atomic(slots) if atomic is not None else nullcontext()
 
 
 class Worker:
@@ -538,10 +546,11 @@ class Worker:
             t.x16 = x16
 
         def run(takes: list[_Take]) -> tuple[dict, dict]:
-            inputs = {t.stream.enc_slot: torch.from_numpy(t.x16) for t in takes if t.x16.size}
-            stepped = enc.step_slots(inputs) if inputs else {}
-            flushing = [t.stream.enc_slot for t in takes if t.flush]
-            return stepped, (enc.flush_slots(flushing) if flushing else {})
+            with _all_or_nothing(enc, [t.stream.enc_slot for t in takes]):
+                inputs = {t.stream.enc_slot: torch.from_numpy(t.x16) for t in takes if t.x16.size}
+                stepped = enc.step_slots(inputs) if inputs else {}
+                flushing = [t.stream.enc_slot for t in takes if t.flush]
+                return stepped, (enc.flush_slots(flushing) if flushing else {})
 
         out: dict[int, np.ndarray] = {}
         if not users:
@@ -581,14 +590,15 @@ class Worker:
             users.append(t)
 
         def run(takes: list[_Take]) -> tuple[dict, dict]:
-            inputs = {
-                t.dec_slot: torch.from_numpy(np.ascontiguousarray(t.codes_in))
-                for t in takes
-                if t.codes_in is not None and t.codes_in.shape[-1]
-            }
-            stepped = dec.step_slots(inputs) if inputs else {}
-            flushing = [t.dec_slot for t in takes if t.flush]
-            return stepped, (dec.flush_slots(flushing) if flushing else {})
+            with _all_or_nothing(dec, [t.dec_slot for t in takes]):
+                inputs = {
+                    t.dec_slot: torch.from_numpy(np.ascontiguousarray(t.codes_in))
+                    for t in takes
+                    if t.codes_in is not None and t.codes_in.shape[-1]
+                }
+                stepped = dec.step_slots(inputs) if inputs else {}
+                flushing = [t.dec_slot for t in takes if t.flush]
+                return stepped, (dec.flush_slots(flushing) if flushing else {})
 
         if not users:
             return
