@@ -59,5 +59,6 @@ def test_bench_stream_writes_its_section(tmp_path, preset):
     args += ["--presets", preset, "--long-minutes", "0.05", "--long-preset", preset, "--output", str(out)]
     assert main(args) == 0
     text = out.read_text()
-    assert "<!-- bench:stream:begin -->" in text and "offline encode + decode" in text
+    assert "<!-- bench:stream-random-tiny-cpu:begin -->" in text and "offline encode + decode" in text
+    assert "GFLOP per audio s" in text and "RTF bound" in text
     assert f"| {preset} | 40 |" in text and "Long stream" in text and "Machine:" in text

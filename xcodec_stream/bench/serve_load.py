@@ -250,4 +250,52 @@ def run(args: argparse.Namespace) -> int:
         )
         path = write_section(name, body)
         print(f"wrote {path}", file=sys.stderr)
+        data = path.parent / "bench" / f"{name}.json"
+        data.parent.mkdir(parents=True, exist_ok=True)
+        label = (
+            f"{args.model}, {health.get('device', args.device)}, {args.latency}, {args.chunk_ms:g} ms chunks"
+        )
+        data.write_text(json.dumps({"label": label, "date": today(), "rows": rows}, indent=1, default=float))
+        print(f"wrote {data} and {plot_scaling(data.parent, path.parent / 'scaling.png')}", file=sys.stderr)
     return 0
+
+
+def plot_scaling(folder: Path, out: Path) -> Path:
+    """Streams vs p99 latency for every serve-load run saved in `folder` (CPU and GPU runs side by side)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise RuntimeError("the plot needs matplotlib: pip install matplotlib (or the `test` extra)") from exc
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for f in sorted(folder.glob("serve-load*.json")):
+        run = json.loads(f.read_text())
+        n = [r["n"] for r in run["rows"]]
+        for ax, key in ((ax1, "proc_p99"), (ax2, "e2e_p99")):
+            (line,) = ax.plot(
+                n, [r[key] for r in run["rows"]], marker="o", label=f"{run['label']} ({run['date']})"
+            )
+            held = [(r["n"], r[key]) for r in run["rows"] if not r["realtime"]]
+            if held:  # runs that missed real time: hollow markers
+                ax.plot(*zip(*held, strict=True), "o", mfc="white", color=line.get_color())
+    ax1.axhline(MAX_P99_PROCESSING_MS, color="grey", ls="--", lw=1, label="real-time limit")
+    for ax, title in (
+        (ax1, "processing p99 (chunk sent -> consumed)"),
+        (ax2, "end-to-end p99 (chunk sent -> audio back)"),
+    ):
+        ax.set(
+            xscale="log",
+            yscale="log",
+            xlabel="concurrent real-time loopback streams",
+            ylabel="ms",
+            title=title,
+        )
+        ax.grid(True, which="both", alpha=0.3)
+    ax1.legend(fontsize=7)
+    fig.suptitle("xcodec-stream serve-load: streams vs p99 latency (hollow: not real time)", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
