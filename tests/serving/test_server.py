@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 import urllib.request
 
 import numpy as np
@@ -227,3 +228,24 @@ async def test_server_close_tells_every_session(fake_model) -> None:
         assert info.value.code == "shutting_down"
         await asyncio.sleep(0.05)
         assert c.ws.close_code == 1001
+
+
+async def test_health_reports_the_servers_own_time_per_tick(fake_model) -> None:
+    """Worker ticks that stepped sessions are split into codec time and the server's own overhead: a codec
+    that sleeps 30 ms per encoder step shows in the tick time but not in the overhead."""
+    async with running_server(fake_model, max_chunks_per_step=1) as srv:
+        assert srv.health()["worker"]["overhead_p50_ms"] == 0.0  # nothing stepped yet
+        enc = next(iter(srv.worker._engines.enc.values()))
+        step = enc.step_slots
+
+        def slow(inputs):
+            time.sleep(0.03)
+            return step(inputs)
+
+        enc.step_slots = slow
+        c = await Client.connect(srv.url)
+        await stream(c, speech(seconds=0.3), chunk_ms=100)
+        await c.close()
+        worker = srv.health()["worker"]
+    assert worker["max_tick_ms"] >= 30.0
+    assert 0.0 < worker["overhead_p50_ms"] <= worker["overhead_p99_ms"] < 30.0

@@ -51,6 +51,16 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def _rss_mib(pid: int) -> float:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return float("nan")
+
+
 def _health(port: int) -> dict | None:
     try:
         with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
@@ -135,6 +145,9 @@ async def run_level(port: int, n: int, x: np.ndarray, chunk_ms: float, latency: 
         "cpu_pct": 100.0 * cpu / wall,
         "algorithmic": results[0]["algorithmic"],
         "max_tick_ms": health.get("worker", {}).get("max_tick_ms", float("nan")),
+        "overhead_p50": health.get("worker", {}).get("overhead_p50_ms", float("nan")),
+        "overhead_p99": health.get("worker", {}).get("overhead_p99_ms", float("nan")),
+        "rss_mib": _rss_mib(pid),
     }
     row["realtime"] = row["complete"] and row["dropped"] == 0 and row["proc_p99"] <= MAX_P99_PROCESSING_MS
     return row
@@ -188,6 +201,8 @@ def run(args: argparse.Namespace) -> int:
             "dropped msgs",
             "server CPU %",
             "longest step ms",
+            "server overhead p50 / p99 ms per tick",
+            "daemon RSS MiB",
         ],
         [
             [
@@ -202,6 +217,8 @@ def run(args: argparse.Namespace) -> int:
                 r["dropped"],
                 r["cpu_pct"],
                 r["max_tick_ms"],
+                f"{r['overhead_p50']:.2f} / {r['overhead_p99']:.2f}",
+                f"{r['rss_mib']:.0f}",
             ]
             for r in rows
         ],
@@ -232,7 +249,10 @@ def run(args: argparse.Namespace) -> int:
             f"loopback, preset `{args.latency}`, algorithmic latency {base['algorithmic']:.0f} ms), from one process; "
             "the daemon runs in another. Processing = chunk sent -> consumed by the codec (acknowledged); "
             "end to end = chunk sent -> its last sample back (includes the algorithmic latency).",
-            "- Server CPU % = the daemon's CPU time / wall time (100 % = one core busy).",
+            "- Server CPU % = the daemon's CPU time / wall time (100 % = one core busy). Server overhead = the "
+            "worker's time per tick outside the codec's step/flush calls (gathering input, resampling, slicing, "
+            "bookkeeping), over the daemon's last 1000 ticks. The engines hold every slot's state from the start: "
+            "RSS does not grow with N.",
             f"- Real time = complete output, nothing dropped, processing p99 <= {MAX_P99_PROCESSING_MS:.0f} ms. "
             f"Baseline for the ratio: N=1 in the same run.",
             f"- **Largest N in real time: {max(held) if held else 'none (not even one stream)'}**",

@@ -35,7 +35,7 @@ from .resume import ResumeRegistry
 from .rooms import RoomRegistry
 from .sessions import CodecInfo, Session, error_close
 from .tls import server_context
-from .worker import StepResult, Worker
+from .worker import StepResult, Worker, percentile_ms
 
 log = logging.getLogger("xcodec_stream.server")
 WS_LOG = "xcodec_stream.ws"  # the websockets library's records (handshakes, pings), secrets redacted
@@ -453,6 +453,9 @@ class XcodecServer:
                 "ticks": worker.ticks if worker else 0,
                 "last_tick_ms": round(worker.last_tick_ms, 3) if worker else 0.0,
                 "max_tick_ms": round(worker.max_tick_ms, 3) if worker else 0.0,
+                # the server's own time per tick (outside the codec's step/flush), over the last ticks
+                "overhead_p50_ms": percentile_ms(worker.overhead_ms, 50) if worker else 0.0,
+                "overhead_p99_ms": percentile_ms(worker.overhead_ms, 99) if worker else 0.0,
             },
             "uptime_s": round(time.monotonic() - self.started, 3),
         }

@@ -25,6 +25,13 @@ LIVE_S = 0.2  # a stream that pushed input this recently is expected to push aga
 OOM_ERRORS: tuple[type[BaseException], ...] = (MemoryError, torch.cuda.OutOfMemoryError)
 
 
+OVERHEAD_TICKS = 1000
+
+
+def percentile_ms(values: deque[float] | list[float], q: float) -> float:
+    return round(float(np.percentile(list(values), q)), 3) if values else 0.0
+
+
 class WorkerFull(RuntimeError):
     """No free encoder/decoder slot for this preset."""
 
@@ -213,6 +220,10 @@ class Worker:
         self.ticks = 0
         self.last_tick_ms = 0.0
         self.max_tick_ms = 0.0
+        # Per tick: milliseconds outside the engines' step/flush calls (gathering input, resampling, slicing,
+        # bookkeeping) = the server's own overhead. The last OVERHEAD_TICKS ticks that stepped something.
+        self.overhead_ms: deque[float] = deque(maxlen=OVERHEAD_TICKS)
+        self._engine_s = 0.0
         self.last_batch = 0
 
     # ---------------------------------------------------------------- lifecycle
@@ -343,12 +354,15 @@ class Worker:
             if self.batch_wait_s:
                 self._gather()
             t0 = time.perf_counter()
+            self._engine_s = 0.0
             try:
                 with torch.inference_mode():
                     self._tick()
             except Exception:  # a bug outside the guarded engine calls: fail what was in flight, go on
                 log.exception("worker tick failed")
             dt = 1000 * (time.perf_counter() - t0)
+            if self.last_batch:
+                self.overhead_ms.append(dt - 1000 * self._engine_s)
             self.ticks += 1
             self.last_tick_ms = dt
             self.max_tick_ms = max(self.max_tick_ms, dt)
@@ -506,6 +520,7 @@ class Worker:
         are atomic, else fails the rest too (their slots may be half-stepped)."""
         active = list(group)
         while active:
+            t0 = time.perf_counter()
             try:
                 return active, run(active)
             except OOM_ERRORS:
@@ -529,6 +544,8 @@ class Worker:
             except Exception:
                 self._fail(active, res, what)
                 return [], None
+            finally:
+                self._engine_s += time.perf_counter() - t0
         return [], None
 
     def _encode(self, enc: Any, group: list[_Take], res: dict[int, StepResult]) -> dict[int, np.ndarray]:
