@@ -86,6 +86,7 @@ class StreamingEncoder(SlotEngine):
             opts.semantic_left_context,
             opts.semantic_lookahead,
             MAX_FRAMES_PER_CALL,
+            cache=opts.semantic_cache,
         )
         ac_channels = model.acoustic_encoder.conv2.out_channels
         sem_channels = model.encoder_semantic.out_channels
@@ -340,10 +341,11 @@ class StreamingEncoder(SlotEngine):
             feat_cat = states[n_f]
             new = [None] * (n_f + 1)
         se_states = list(states[sem.se_slice])
+        kv = states[sem.cache_index] if sem.cache else None
         due = np.maximum(0, self._blocks_due(step.pos_new, step.end, sem.lookahead) - self.sem_blocks[rows])
         if due.any():
-            ring_s, se_states = self._semantic_blocks(rows, feat_cat, step, due, ring_s, se_states)
-        return [*new, *se_states], ring_s, due
+            ring_s, se_states, kv = self._semantic_blocks(rows, feat_cat, step, due, ring_s, se_states, kv)
+        return [*new, *se_states, *([kv] if sem.cache else [])], ring_s, due
 
     def _codes(
         self, rows: np.ndarray, end: np.ndarray, ring_a: torch.Tensor, ring_s: torch.Tensor
@@ -431,9 +433,12 @@ class StreamingEncoder(SlotEngine):
         due: np.ndarray,
         ring_s: torch.Tensor,
         se_states: list[torch.Tensor],
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        kv: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, list[torch.Tensor], torch.Tensor | None]:
         """Run every due block's window through the semantic model in one batch, then the semantic encoder
-        block by block (its state chains blocks of a row). Returns the new semantic ring and SE states."""
+        block by block (its state chains blocks of a row). With the semantic cache, the transformer runs on
+        the new frames block by block too (block r reads the keys/values that block r - 1 committed), all
+        rows' r-th blocks in one batch. Returns the new semantic ring, SE states and key/value cache."""
         sem, dev = self.semantic, self.device
         B, C, S, W = sem.block, sem.left, sem.lookahead, sem.window
         pos, pos_new, end = step.pos, step.pos_new, step.end
@@ -446,11 +451,16 @@ class StreamingEncoder(SlotEngine):
         rep_t = torch.from_numpy(rep).to(dev)
         feats = feat_cat.transpose(1, 2)[rep_t[:, None], torch.from_numpy(idx).to(dev)]  # (n_w, W, C_feat)
         valid_t = torch.from_numpy(valid).to(dev)
-        hidden = sem.window_hidden(feats, valid_t)  # (n_w, W, H)
+        if sem.cached_queries:
+            hidden, kv = self._cached_blocks(rep, j, feats, valid_t, kv)  # (n_w, B + S, H)
+            q0 = 0  # hidden starts at the block
+        else:
+            hidden = sem.window_hidden(feats, valid_t)  # (n_w, W, H)
+            q0 = C
         # the semantic encoder reads `d` frames past the block: the window's, then zeros (signal ends there)
         d = sem.se.delay
         ahead = min(S, d)
-        se_in = hidden[:, C : C + B + ahead] * valid_t[:, C : C + B + ahead, None].to(hidden.dtype)
+        se_in = hidden[:, q0 : q0 + B + ahead] * valid_t[:, C : C + B + ahead, None].to(hidden.dtype)
         se_in = torch.nn.functional.pad(se_in.transpose(1, 2), (0, d - ahead))
         se_end = np.minimum(first + B + S, end[rep])
         for r in range(int(due.max())):
@@ -463,7 +473,31 @@ class StreamingEncoder(SlotEngine):
             ]
             shifted = torch.cat([ring_s.index_select(0, rr), lat], dim=-1)[..., B:]
             ring_s = ring_s.index_copy(0, rr, shifted)
-        return ring_s, se_states
+        return ring_s, se_states, kv
+
+    def _cached_blocks(
+        self,
+        rep: np.ndarray,
+        j: np.ndarray,
+        feats: torch.Tensor,
+        valid: torch.Tensor,
+        kv: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Semantic transformer on the new frames of every due block (virtual row v: row rep[v], its j[v]-th
+        block now); the block frames' keys/values are committed to the row's cache after each block."""
+        sem, dev = self.semantic, self.device
+        B, C = sem.block, sem.left
+        h0 = sem.embed_new(feats, valid)  # independent of the cache: all blocks at once
+        hidden = torch.empty_like(h0)
+        for r in range(int(j.max()) + 1):
+            w = torch.from_numpy(np.nonzero(j == r)[0]).to(dev)
+            rr = torch.from_numpy(rep[j == r]).to(dev)
+            past = None if kv is None else kv.index_select(0, rr)
+            hid, kv_new = sem.cached_hidden(h0.index_select(0, w), valid.index_select(0, w), past)
+            hidden[w] = hid
+            if kv is not None:
+                kv = kv.index_copy(0, rr, torch.cat([past, kv_new[:, :, :, :B]], dim=3)[:, :, :, -C:])
+        return hidden, kv
 
     def _stack(self, codes: list[torch.Tensor], counts: list[np.ndarray], n_q: int) -> torch.Tensor:
         """Rows in sync: every call gave each row the same number of frames -> (B, n_q, F)."""

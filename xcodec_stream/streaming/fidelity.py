@@ -30,7 +30,7 @@ class Fidelity:
     agreement: list[float]  # % of frames whose code equals offline, per quantizer
     snr_db: float  # streamed encode + streamed decode vs offline encode + decode
     decode_snr_db: float  # streamed decode of the offline codes vs offline decode
-    semantic_cost: float  # semantic-model frames computed per frame of audio (offline: 1)
+    semantic_cost: float  # semantic-transformer query frames per frame of audio (offline: 1)
     frames: int = 0
     extra: dict = field(default_factory=dict)
 
@@ -100,7 +100,7 @@ def measure(
         agreement=(100.0 * matches / max(frames, 1)).tolist(),
         snr_db=snr_db(reference, torch.cat(e2e_all)),
         decode_snr_db=snr_db(reference, torch.cat(dec_all)),
-        semantic_cost=sem.window / sem.block,
+        semantic_cost=sem.frames_per_block / sem.block,
         frames=frames,
     )
 
@@ -111,19 +111,25 @@ def sweep() -> list[tuple[str, StreamingOptions]]:
         # acoustic, decoder, decoder block, semantic block, left context, semantic lookahead
         (1, 1, 1, 1, 8, 1),
         (3, 3, 2, 3, 16, 3),
+        (3, None, 4, 4, 24, 3),  # balanced's geometry without the key/value cache (and 24 frames of left)
         (6, None, 4, 4, 24, 6),
         (12, None, 4, 8, 50, 8),
     ]
+    # with the semantic key/value cache: a long left context costs little more than a short one
+    cached = [(3, None, 4, 4, 100, 3)]
     out = []
-    for acoustic, decoder, dblock, block, left, lookahead in points:
-        opts = StreamingOptions(
-            acoustic_lookahead=acoustic,
-            decoder_lookahead=decoder,
-            decoder_block=dblock,
-            semantic_block=block,
-            semantic_left_context=left,
-            semantic_lookahead=lookahead,
-        )
-        dec = f"d{decoder}/{dblock}" if decoder is not None else "d exact"
-        out.append((f"a{acoustic} {dec} s{block}/{left}/{lookahead}", opts))
+    for cache, rows in ((False, points), (True, cached)):
+        for acoustic, decoder, dblock, block, left, lookahead in rows:
+            opts = StreamingOptions(
+                acoustic_lookahead=acoustic,
+                decoder_lookahead=decoder,
+                decoder_block=dblock,
+                semantic_block=block,
+                semantic_left_context=left,
+                semantic_lookahead=lookahead,
+                semantic_cache=cache,
+            )
+            dec = f"d{decoder}/{dblock}" if decoder is not None else "d exact"
+            tag = " kv" if cache else ""
+            out.append((f"a{acoustic} {dec} s{block}/{left}/{lookahead}{tag}", opts))
     return out

@@ -13,6 +13,10 @@ layer, a 128-frame positional conv, bidirectional attention). What is done inste
   `left` context frames + the block + `lookahead` frames, masked where the window reaches before the
   signal's start or after its end (so the window equals offline's trimmed one there). The cost per call
   is bounded by the window; nothing is re-run over the history.
+- With `semantic_cache`, only the block + lookahead frames go through the transformer: each layer's
+  attention takes the left context's keys/values from a per-row cache that earlier blocks committed (their
+  block frames, Emformer-style). The positional conv still reads the window's features. Cost per block:
+  (block + lookahead) queries over (left + block + lookahead) keys; the blocks of one row run in order.
 - The semantic encoder (k3 convs, receptive field 7 frames each side) is streamed with the generic
   streaming convs: its state holds the final features of earlier blocks, and the window's lookahead
   frames feed its lookahead speculatively (computed, not committed). Where the window stops short of its
@@ -155,10 +159,12 @@ class SemanticStream:
     """The semantic branch of one streaming encoder: graphs and window geometry; state lives in the caller's bank.
 
     States (per row), in this order: conv-feature graph states, the feature ring (C_feat, ring) holding the
-    last `ring` feature frames, semantic-encoder graph states.
+    last `ring` feature frames, semantic-encoder graph states, with `cache` the key/value cache.
     """
 
-    def __init__(self, model: nn.Module, block: int, left: int, lookahead: int, max_frames: int) -> None:
+    def __init__(
+        self, model: nn.Module, block: int, left: int, lookahead: int, max_frames: int, cache: bool = False
+    ) -> None:
         if block < 1 or left < 0 or lookahead < 0:
             raise ValueError(
                 f"semantic block must be >= 1 and context/lookahead >= 0, got {block}, {left}, {lookahead}"
@@ -179,6 +185,15 @@ class SemanticStream:
             torch.zeros(self.feat_channels, self.ring),
             *self.se.templates,
         ]
+        # Emformer-style cache of the last `left` committed frames' keys and values per layer, (L, 2, left, H).
+        # K/V rather than layer inputs: re-projecting cached inputs costs 2 * left projections per layer,
+        # more than all 4 * (block + lookahead) of the new frames once left > 2 * (block + lookahead); the
+        # price is twice the memory. Frames before the signal's start are masked by position (no validity).
+        self.cache = cache and left > 0
+        self.cached_queries = cache
+        if self.cache:
+            cfg = sm.config
+            self.templates.append(torch.zeros(cfg.num_hidden_layers, 2, left, cfg.hidden_size))
 
     @property
     def ring_index(self) -> int:
@@ -186,7 +201,17 @@ class SemanticStream:
 
     @property
     def se_slice(self) -> slice:
-        return slice(self.n_feat_states + 1, len(self.templates))
+        return slice(self.n_feat_states + 1, self.n_feat_states + 1 + len(self.se.templates))
+
+    @property
+    def cache_index(self) -> int:
+        """Index of the key/value cache in `templates` (only with `cache` and left > 0)."""
+        return self.n_feat_states + 1 + len(self.se.templates)
+
+    @property
+    def frames_per_block(self) -> int:
+        """Transformer query frames per block: the window, or block + lookahead with the cache."""
+        return self.block + self.lookahead if self.cached_queries else self.window
 
     def latency_frames(self) -> int:
         """Frames after the end of frame t before its semantic latent can be out (worst case in a block)."""
@@ -197,6 +222,66 @@ class SemanticStream:
         sm = self.model.semantic_model
         hidden = sm.encoder(sm.feature_projection(feats), key_mask=valid)
         return torch.stack(hidden, dim=1).mean(dim=1)
+
+    def embed_new(self, feats: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """(n, W, C_feat) window features, (n, W) bool -> (n, W - left, H): layer 0's input for the new frames.
+
+        The positional conv reads the whole window (left frames included; zeros where masked and beyond the
+        window, as `Encoder.forward` on the window), but only the new frames' outputs are computed."""
+        enc = self.model.semantic_model.encoder
+        x = self.model.semantic_model.feature_projection(feats) * valid[..., None].to(feats.dtype)
+        pe = enc.pos_conv_embed
+        k = pe.conv.kernel_size[0]
+        pad = pe.conv.padding[0]
+        # output t of the trimmed conv reads padded inputs t .. t + k - 1
+        xp = F.pad(x.transpose(1, 2), (pad, pad))[..., self.left : x.shape[1] - 1 + k]
+        y = F.conv1d(xp, pe.conv.weight, pe.conv.bias, groups=pe.conv.groups)
+        h = x[:, self.left :] + pe.activation(y).transpose(1, 2)
+        return h if enc.stable_layer_norm else enc.layer_norm(h)
+
+    def cached_hidden(
+        self, h: torch.Tensor, valid: torch.Tensor, kv: torch.Tensor | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Transformer over the new frames only, the left context's keys/values from the cache.
+
+        `h` (n, Q, H) layer 0's input of the Q = block + lookahead new frames, `valid` (n, left + Q) bool
+        (keys: cached frames, then new ones), `kv` (n, L, 2, left, H) or None (left = 0). Returns the mean of
+        all hidden states (n, Q, H) and the new frames' keys/values (n, L, 2, Q, H)."""
+        enc = self.model.semantic_model.encoder
+        n, q, _ = h.shape
+        left = 0 if kv is None else kv.shape[3]
+        bias = None
+        if enc.is_wavlm:  # queries sit after the cached frames: their offset in the keys' frame
+            bias = enc.layers[0].attention.compute_bias(q, left + q, query_offset=left)
+        neg = torch.zeros(n, 1, 1, left + q, dtype=h.dtype, device=h.device).masked_fill(
+            ~valid[:, None, None, :], float("-inf")
+        )
+        hidden, new_kv = [h], []
+        for i, layer in enumerate(enc.layers):
+            att = layer.attention
+            a_in = layer.layer_norm(h) if layer.stable_layer_norm else h
+            k_new, v_new = att.k_proj(a_in), att.v_proj(a_in)
+            new_kv.append(torch.stack([k_new, v_new], dim=1))
+            if kv is not None:
+                k_new = torch.cat([kv[:, i, 0], k_new], dim=1)
+                v_new = torch.cat([kv[:, i, 1], v_new], dim=1)
+
+            def heads(x: torch.Tensor, att=att) -> torch.Tensor:
+                return x.view(n, x.shape[1], att.num_heads, att.head_dim).transpose(1, 2)
+
+            mask = neg if bias is None else att.gate(a_in, bias).to(h.dtype) + neg
+            out = F.scaled_dot_product_attention(
+                heads(att.q_proj(a_in)), heads(k_new), heads(v_new), attn_mask=mask, scale=att.scaling
+            )
+            a = att.out_proj(out.transpose(1, 2).reshape(n, q, -1))
+            if layer.stable_layer_norm:
+                h = h + a
+                h = h + layer.feed_forward(layer.final_layer_norm(h))
+            else:
+                h = layer.layer_norm(h + a)
+                h = layer.final_layer_norm(h + layer.feed_forward(h))
+            hidden.append(h)
+        return torch.stack(hidden, dim=1).mean(dim=1), torch.stack(new_kv, dim=1)
 
     def encode_block(
         self, hidden: torch.Tensor, states: list[torch.Tensor], start: np.ndarray, end: np.ndarray
