@@ -106,10 +106,9 @@ def measure(
 
 
 def sweep() -> list[tuple[str, StreamingOptions]]:
-    """Custom options between and around the presets, for the fidelity/latency curve (40 to 560 ms)."""
+    """Custom options between and around the presets, for the fidelity/latency curve (160 to 560 ms)."""
     points = [
         # acoustic, decoder, decoder block, semantic block, left context, semantic lookahead
-        (1, 1, 1, 1, 8, 1),
         (3, 3, 2, 3, 16, 3),
         (3, None, 4, 4, 24, 3),  # balanced's geometry without the key/value cache (and 24 frames of left)
         (6, None, 4, 4, 24, 6),
