@@ -81,6 +81,7 @@ def _loopback(model, preset: str, x: torch.Tensor, chunk: int, parts: _PartTimer
     if parts is not None:
         parts.wrap(enc.acoustic, "step", "acoustic encoder")
         parts.wrap(enc.semantic, "window_hidden", "semantic model windows")
+        parts.wrap(enc.semantic, "cached_hidden", "semantic model windows")  # with the key/value cache
         parts.wrap(dec, "_run", "decoder")
         parts.wrap(enc, "_run", "encoder (all)")
     times = []
@@ -298,7 +299,10 @@ def _write(args, table: str, long_rows, breakdown, seconds: float, peak: float) 
         semantic = totals.get("semantic model windows", 0.0)
         parts = [
             ["acoustic encoder (committed + speculative runs)", f"{100 * acoustic / total:.0f}"],
-            ["semantic model windows (HuBERT/WavLM transformer)", f"{100 * semantic / total:.0f}"],
+            [
+                "semantic transformer (HuBERT/WavLM; windows, or new frames with the cache)",
+                f"{100 * semantic / total:.0f}",
+            ],
             [
                 "rest of the encoder (conv features, semantic encoder, VQ)",
                 f"{100 * (enc_all - acoustic - semantic) / total:.0f}",

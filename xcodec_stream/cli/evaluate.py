@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     plot = args.plot or args.out.with_name("streaming_fidelity.png")
     seconds = sum(c.shape[0] for c in clips) / rate
     command = (
-        "xcodec-stream " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+        "xcodec-stream " + " ".join(shlex.quote(a) for a in _without_outputs(sys.argv[1:]))
         if sys.argv[1:2] == ["eval"]
         else (f"xcodec-stream eval --model {args.model}")
     )
@@ -175,7 +175,7 @@ def _section(
         "equals offline encode of the whole signal; `SNR dB`: streamed encode then streamed decode against "
         "offline encode then decode; `decode SNR dB`: streamed decode of the offline codes against offline "
         "decode (decoder only; `exact` = bit-for-bit within float32 rounding, measured >= 100 dB); "
-        "`semantic cost`: semantic-model frames computed per audio frame (offline: 1x). Presets in bold, the "
+        "`semantic cost`: semantic-transformer query frames per audio frame (offline: 1x; `kv` = key/value cache). Presets in bold, the "
         "others are the sweep of custom options plotted below. Each clip is streamed as one chunk: the tests "
         "show that codes do not depend on chunking.",
         "",
@@ -191,6 +191,19 @@ def _relative(path: Path, doc: Path) -> str:
         return str(path.resolve().relative_to(doc.resolve().parent))
     except ValueError:
         return str(path)
+
+
+def _without_outputs(argv: list[str]) -> list[str]:
+    """The command as run, less where it wrote (--out / --plot): what reproduces the numbers."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a in ("--out", "--plot"):
+            skip = True
+        elif not a.startswith(("--out=", "--plot=")):
+            out.append(a)
+    return out
 
 
 def _write_section(path: Path, body: str) -> None:
