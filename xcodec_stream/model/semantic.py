@@ -195,21 +195,35 @@ class Attention(nn.Module):
         return gate_output * position_bias.unsqueeze(0)
 
     def forward(
-        self, x: torch.Tensor, position_bias: torch.Tensor | None = None, key_mask: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        position_bias: torch.Tensor | None = None,
+        key_mask: torch.Tensor | None = None,
+        past: tuple[torch.Tensor, torch.Tensor] | None = None,
+        new_kv: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """(B, T, H*d) -> (B, T, H*d). `position_bias` (H, T, T): WavLM's shared, ungated bias.
-        `key_mask` (B, T) bool: keys that exist (the streaming engine's windows mask frames outside the signal)."""
+        """(B, T, H*d) -> (B, T, H*d). `position_bias` (H, T, S): WavLM's shared, ungated bias.
+        `key_mask` (B, S) bool: keys that exist (the streaming engine's windows mask frames outside the signal).
+
+        Streaming key/value cache: `past` = (keys, values) (B, P, H*d) of earlier frames, put before this
+        call's own (S = P + T); `new_kv` collects this call's (keys, values) stacked as (B, 2, T, H*d)."""
         b, t, _ = x.shape
         q = self.q_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, t, self.num_heads, self.head_dim).transpose(1, 2)
+        k, v = self.k_proj(x), self.v_proj(x)
+        if new_kv is not None:
+            new_kv.append(torch.stack([k, v], dim=1))
+        if past is not None:
+            k, v = torch.cat([past[0], k], dim=1), torch.cat([past[1], v], dim=1)
+        s = k.shape[1]
+        k = k.view(b, s, self.num_heads, self.head_dim).transpose(1, 2)
+        v = v.view(b, s, self.num_heads, self.head_dim).transpose(1, 2)
         mask = None
         if self.gated_relative_bias:
             if position_bias is None:
                 raise ValueError("WavLM attention needs the relative position bias")
             mask = self.gate(x, position_bias).to(q.dtype)
         if key_mask is not None:
-            neg = torch.zeros(b, 1, 1, t, dtype=q.dtype, device=q.device).masked_fill(
+            neg = torch.zeros(b, 1, 1, s, dtype=q.dtype, device=q.device).masked_fill(
                 ~key_mask[:, None, None, :], float("-inf")
             )
             mask = neg if mask is None else mask + neg
@@ -248,12 +262,18 @@ class EncoderLayer(nn.Module):
         self.final_layer_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
 
     def forward(
-        self, x: torch.Tensor, position_bias: torch.Tensor | None = None, key_mask: torch.Tensor | None = None
+        self,
+        x: torch.Tensor,
+        position_bias: torch.Tensor | None = None,
+        key_mask: torch.Tensor | None = None,
+        past: tuple[torch.Tensor, torch.Tensor] | None = None,
+        new_kv: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
+        """`past` / `new_kv`: the streaming key/value cache (see `Attention.forward`); None offline."""
         if self.stable_layer_norm:
-            x = x + self.attention(self.layer_norm(x), position_bias, key_mask)
+            x = x + self.attention(self.layer_norm(x), position_bias, key_mask, past, new_kv)
             return x + self.feed_forward(self.final_layer_norm(x))
-        x = self.layer_norm(x + self.attention(x, position_bias, key_mask))
+        x = self.layer_norm(x + self.attention(x, position_bias, key_mask, past, new_kv))
         return self.final_layer_norm(x + self.feed_forward(x))
 
 

@@ -248,38 +248,16 @@ class SemanticStream:
         (keys: cached frames, then new ones), `kv` (n, L, 2, left, H) or None (left = 0). Returns the mean of
         all hidden states (n, Q, H) and the new frames' keys/values (n, L, 2, Q, H)."""
         enc = self.model.semantic_model.encoder
-        n, q, _ = h.shape
+        q = h.shape[1]
         left = 0 if kv is None else kv.shape[3]
         bias = None
         if enc.is_wavlm:  # queries sit after the cached frames: their offset in the keys' frame
             bias = enc.layers[0].attention.compute_bias(q, left + q, query_offset=left)
-        neg = torch.zeros(n, 1, 1, left + q, dtype=h.dtype, device=h.device).masked_fill(
-            ~valid[:, None, None, :], float("-inf")
-        )
-        hidden, new_kv = [h], []
+        hidden: list[torch.Tensor] = [h]
+        new_kv: list[torch.Tensor] = []
         for i, layer in enumerate(enc.layers):
-            att = layer.attention
-            a_in = layer.layer_norm(h) if layer.stable_layer_norm else h
-            k_new, v_new = att.k_proj(a_in), att.v_proj(a_in)
-            new_kv.append(torch.stack([k_new, v_new], dim=1))
-            if kv is not None:
-                k_new = torch.cat([kv[:, i, 0], k_new], dim=1)
-                v_new = torch.cat([kv[:, i, 1], v_new], dim=1)
-
-            def heads(x: torch.Tensor, att=att) -> torch.Tensor:
-                return x.view(n, x.shape[1], att.num_heads, att.head_dim).transpose(1, 2)
-
-            mask = neg if bias is None else att.gate(a_in, bias).to(h.dtype) + neg
-            out = F.scaled_dot_product_attention(
-                heads(att.q_proj(a_in)), heads(k_new), heads(v_new), attn_mask=mask, scale=att.scaling
-            )
-            a = att.out_proj(out.transpose(1, 2).reshape(n, q, -1))
-            if layer.stable_layer_norm:
-                h = h + a
-                h = h + layer.feed_forward(layer.final_layer_norm(h))
-            else:
-                h = layer.layer_norm(h + a)
-                h = layer.final_layer_norm(h + layer.feed_forward(h))
+            past = None if kv is None else (kv[:, i, 0], kv[:, i, 1])
+            h = layer(h, bias, valid, past=past, new_kv=new_kv)
             hidden.append(h)
         return torch.stack(hidden, dim=1).mean(dim=1), torch.stack(new_kv, dim=1)
 
