@@ -75,10 +75,22 @@ async def test_metrics_endpoint() -> None:
 async def test_metrics_count_dropped_messages_and_can_be_disabled() -> None:
     async with running_server(FakeModel(), max_output_queue_ms=20, max_chunks_per_step=1) as srv:
         async with raw(srv.url) as r:
-            # 20 chunks queued at once: the worker's output piles up faster than the writer sends
+            # the writer is held until the worker has produced all the output, which then overflows the
+            # 20 ms output bound (20 chunks of 50 ms): deterministic, whatever the machine's speed
+            (session,) = srv.sessions.values()
+            gate, get = asyncio.Event(), session.out.get
+
+            async def held() -> dict:
+                await gate.wait()
+                return await get()
+
+            session.out.get = held
             for seq in range(20):
                 await r.send(audio(seq, np.zeros(800, "<f4")))
             await r.send(frame(type="flush"))
+            while session.done_msg is None:
+                await asyncio.sleep(0.01)
+            gate.set()
             done = await r.until("done")
         status, _, text = await asyncio.to_thread(_get, srv.url.replace("ws", "http", 1) + "/metrics")
     assert samples(text)[("xcodec_stream_dropped_messages_total", ())] == done["dropped"] > 0
