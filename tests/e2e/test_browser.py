@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import re
@@ -87,7 +88,15 @@ async def open_page(browser, url: str, problems: list[str]):
     )
     page.on("response", lambda r: r.status >= 400 and problems.append(f"HTTP {r.status} {r.url}"))
     await page.goto(url)
-    await page.wait_for_function("window.xcs && window.xcs.serverInfo && window.xcs.serverInfo.status")
+    # polled from Python: `page.evaluate` runs outside the page's Content Security Policy, while
+    # `wait_for_function`'s in-page polling needs 'unsafe-eval', which the page (rightly) forbids
+    deadline = asyncio.get_running_loop().time() + 30.0
+    while not await page.evaluate("!!(window.xcs && window.xcs.serverInfo && window.xcs.serverInfo.status)"):
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(
+                f"the page at {url} did not load the server's /healthz within 30 s: {problems}"
+            )
+        await asyncio.sleep(0.05)
     return page
 
 
