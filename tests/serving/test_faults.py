@@ -14,6 +14,21 @@ from serving_helpers import running_server, speech
 from xcodec_stream.clients.client import Client, ServerError, stream
 
 
+async def _four_streams_in_one_batch(srv, x: np.ndarray, first: threading.Event, gate: threading.Event):
+    """Four clients stream `x`: the first alone until its step has the worker waiting on `gate` (which the
+    caller's engine hook does once `first` is set), then the three others queue input, and `gate` opens so
+    that the next step batches all four. Returns the clients and what `stream` gave (or raised) for each."""
+    clients = [await Client.connect(srv.url, want=["audio", "codes"]) for _ in range(4)]
+    tasks = [asyncio.create_task(stream(clients[0], x, chunk_ms=100))]
+    while not first.is_set():  # the worker is held in a step of the first session alone
+        await asyncio.sleep(0.01)
+    tasks += [asyncio.create_task(stream(c, x, chunk_ms=100)) for c in clients[1:]]
+    while any(c.seq < 2 for c in clients):
+        await asyncio.sleep(0.01)
+    gate.set()
+    return clients, await asyncio.gather(*tasks, return_exceptions=True)
+
+
 @pytest.mark.parametrize("atomic", [True, False])
 async def test_out_of_memory_sheds_the_newest_sessions(atomic: bool) -> None:
     x = speech(seconds=0.6)
@@ -31,15 +46,7 @@ async def test_out_of_memory_sheds_the_newest_sessions(atomic: bool) -> None:
         enc.step_slots = gated
         enc.oom_over = 2  # a batch of more than 2 sessions runs out of memory
         enc.atomic_steps = atomic
-        clients = [await Client.connect(srv.url, want=["audio", "codes"]) for _ in range(4)]
-        tasks = [asyncio.create_task(stream(clients[0], x, chunk_ms=100))]
-        while not first.is_set():  # the worker is held in a step of the first session alone
-            await asyncio.sleep(0.01)
-        tasks += [asyncio.create_task(stream(c, x, chunk_ms=100)) for c in clients[1:]]
-        while any(c.seq < 2 for c in clients):
-            await asyncio.sleep(0.01)
-        gate.set()
-        results = await asyncio.gather(*tasks, return_exceptions=True)
+        clients, results = await _four_streams_in_one_batch(srv, x, first, gate)
         for c, r in zip(clients, results, strict=True):
             if isinstance(r, ServerError):  # the close frame follows the error message
                 await asyncio.wait_for(c.ws.wait_closed(), 10)
@@ -89,15 +96,7 @@ async def test_out_of_memory_with_the_real_engine_retries_the_oldest_exactly(tin
             return out
 
         enc._run = failing
-        clients = [await Client.connect(srv.url, want=["audio", "codes"]) for _ in range(4)]
-        tasks = [asyncio.create_task(stream(clients[0], x, chunk_ms=100))]
-        while not first.is_set():
-            await asyncio.sleep(0.01)
-        tasks += [asyncio.create_task(stream(c, x, chunk_ms=100)) for c in clients[1:]]
-        while any(c.seq < 2 for c in clients):
-            await asyncio.sleep(0.01)
-        gate.set()
-        results = await asyncio.gather(*tasks, return_exceptions=True)
+        clients, results = await _four_streams_in_one_batch(srv, x, first, gate)
         for c in clients:
             await c.close()
     assert all(isinstance(r, ServerError) and r.code == "server_busy" for r in results[2:]), results[2:]

@@ -58,3 +58,15 @@ def write_section(name: str, body: str, path: str | Path = "docs/BENCHMARKS.md")
     )
     path.write_text(text)
     return path
+
+
+def pyplot():
+    """matplotlib.pyplot on the file-only Agg backend (plots are written, never shown), or a clear error."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:
+        raise RuntimeError("the plot needs matplotlib: pip install matplotlib (or the `test` extra)") from exc
+    return plt

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .report import machine, markdown_table, today, write_section
+from .report import machine, markdown_table, pyplot, today, write_section
 
 CLIP = Path(__file__).resolve().parents[2] / "tests" / "data" / "codec2_speech_orig_16k.wav"
 # A run is real time when every chunk is consumed soon after it is sent and nothing is lost.
@@ -282,13 +282,7 @@ def run(args: argparse.Namespace) -> int:
 
 def plot_scaling(folder: Path, out: Path) -> Path:
     """Streams vs p99 latency for every serve-load run saved in `folder` (CPU and GPU runs side by side)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        raise RuntimeError("the plot needs matplotlib: pip install matplotlib (or the `test` extra)") from exc
+    plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     for f in sorted(folder.glob("serve-load*.json")):
         run = json.loads(f.read_text())

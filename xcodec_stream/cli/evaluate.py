@@ -218,13 +218,9 @@ def _write_section(path: Path, body: str) -> None:
 
 
 def _plot(results: list, presets: list[str], path: Path, model_id: str) -> None:
-    try:
-        import matplotlib
+    from xcodec_stream.bench.report import pyplot
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError as exc:
-        raise RuntimeError("the plot needs matplotlib: pip install matplotlib (or the `test` extra)") from exc
+    plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
     cap = 100.0  # dB shown for "exact"
     for r in results:

@@ -29,6 +29,7 @@ class StreamingDecoder(SlotEngine):
     """
 
     kind = "decoder"
+    row_fields = (*SlotEngine.row_fields, "emitted")
 
     def __init__(
         self, model: torch.nn.Module, batch_size: int = 1, latency: str | StreamingOptions = "balanced"
@@ -46,7 +47,6 @@ class StreamingDecoder(SlotEngine):
         self.block = opts.decoder_block
         self.bank = StateBank(batch_size, self.graph.templates, self.device, self.dtype)
         self.emitted = np.zeros(batch_size, dtype=np.int64)  # samples out so far
-        self.row_fields = (*SlotEngine.row_fields, "emitted")
         self.num_quantizers = model.config.num_quantizers
         self.codebook_size = model.config.codebook_size
 

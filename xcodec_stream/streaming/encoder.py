@@ -62,6 +62,10 @@ class StreamingEncoder(SlotEngine):
     """
 
     kind = "encoder"
+    row_fields = (
+        *SlotEngine.row_fields,
+        *("pending", "pending_n", "ac_blocks", "ac_done", "sem_blocks", "coded"),
+    )
 
     def __init__(
         self,
@@ -111,10 +115,6 @@ class StreamingEncoder(SlotEngine):
         self.ac_done = np.zeros(batch_size, dtype=np.int64)  # acoustic latent frames in the ring
         self.sem_blocks = np.zeros(batch_size, dtype=np.int64)  # semantic blocks done
         self.coded = np.zeros(batch_size, dtype=np.int64)  # code frames emitted
-        self.row_fields = (
-            *SlotEngine.row_fields,
-            *("pending", "pending_n", "ac_blocks", "ac_done", "sem_blocks", "coded"),
-        )
         self.default_n_q = model.num_quantizers_for_bandwidth(bandwidth)
         self.n_q_slot = np.full(batch_size, self.default_n_q, dtype=np.int64)
         self.max_n_q = model.config.num_quantizers
