@@ -105,9 +105,10 @@ class _Stream:
     n16_out: int = 0  # 16 kHz samples taken from the decoder
     n_out: int = 0  # client-rate samples sent
     frames_out: int = 0
-    # publish only: the room's decoder slot and the listeners that want audio
+    # publish only: the room's decoder slot and the listeners that want audio. The slot is allocated (with
+    # room_dec_reset) by `open` or `attach_listener` on the event loop: both read and written under the lock.
     room_dec_slot: int | None = None
-    room_dec_reset: bool = False
+    room_dec_reset: bool = False  # the slot still needs its reset before its first step
     listeners: dict[int, _Listener] = field(default_factory=dict)
     room16_out: int = 0
 
@@ -123,10 +124,14 @@ class _Take:
     codes_in: np.ndarray | None = None  # decoder input of this tick
     dec_slot: int | None = None
     audio16: np.ndarray | None = None  # decoder output (16 kHz) of this tick
+    room_slot: int | None = None  # publish: the room decoder slot as of this tick's take (under the lock)
+    room_reset: bool = False  # ... and whether it is still to be reset
 
 
 class _Engines:
-    """One encoder/decoder pair per latency preset, created on first use, CAP slots each."""
+    """One encoder/decoder pair per latency preset, CAP slots each: built at start (`preload`) or, for another
+    preset, on first use by a background thread (`Worker.open`). Its dicts are written under the worker's lock.
+    """
 
     def __init__(self, model: Any, capacity: int) -> None:
         self.model = model
@@ -135,6 +140,8 @@ class _Engines:
         self.dec: dict[str, Any] = {}
         self.enc_free: dict[str, list[int]] = {}
         self.dec_free: dict[str, list[int]] = {}
+        self.building: set[str] = set()  # presets a background thread is building now
+        self.errors: dict[str, BaseException] = {}  # presets whose last build failed (until the next try)
 
     def pools(self, preset: str) -> tuple[list[int], list[int]]:
         if preset not in self.enc_free:
@@ -142,15 +149,15 @@ class _Engines:
             self.dec_free[preset] = list(range(self.capacity - 1, -1, -1))
         return self.enc_free[preset], self.dec_free[preset]
 
-    def ensure(self, preset: str) -> tuple[Any, Any]:
-        if preset not in self.enc:
-            t0 = time.perf_counter()
-            self.enc[preset] = self.model.streaming_encoder(batch_size=self.capacity, latency=preset)
-            self.dec[preset] = self.model.streaming_decoder(batch_size=self.capacity, latency=preset)
-            log.info(
-                "engine %r ready: %d slots, %.0f ms", preset, self.capacity, 1000 * (time.perf_counter() - t0)
-            )
-        return self.enc[preset], self.dec[preset]
+    def build(self, preset: str) -> tuple[Any, Any]:
+        """Construct a preset's pair (the caller stores it): reads the model, never changes it."""
+        t0 = time.perf_counter()
+        enc = self.model.streaming_encoder(batch_size=self.capacity, latency=preset)
+        dec = self.model.streaming_decoder(batch_size=self.capacity, latency=preset)
+        log.info(
+            "engine %r ready: %d slots, %.0f ms", preset, self.capacity, 1000 * (time.perf_counter() - t0)
+        )
+        return enc, dec
 
 
 def _np(x: Any) -> np.ndarray:
@@ -183,6 +190,13 @@ class Worker:
     Faults: a step that raises fails the streams of that step (`internal`) and the thread goes on. A step
     that runs out of memory sheds the newest half of its streams (`server_busy`) and, when the engine
     declares `atomic_steps` (a step that raises leaves its slots as they were), retries with the rest.
+
+    Presets not preloaded: `open` runs on the event loop and the tick serves every live session, so neither
+    builds an engine (seconds for the real model). `open` starts a background thread that builds the preset's
+    pair (one build at a time, under `torch.inference_mode`; construction only reads the model, which the tick
+    keeps stepping meanwhile), and the stream waits, not opened, in `_opens`; the build's end wakes the tick,
+    which then opens it (or fails it with the build's exception; the next `open` of that preset tries again).
+    An open whose future was cancelled meanwhile (the session gave up) is dropped and its slots freed.
     """
 
     def __init__(
@@ -210,8 +224,9 @@ class Worker:
         self.torch_threads = torch_threads
         self._engines = _Engines(model, capacity)
         self._streams: dict[int, _Stream] = {}
-        self._opens: list[tuple[_Stream, concurrent.futures.Future]] = []
+        self._opens: list[tuple[_Stream, concurrent.futures.Future]] = []  # until opened by a tick
         self._cond = threading.Condition()
+        self._build_lock = threading.Lock()  # one engine build at a time
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._started = threading.Event()
@@ -244,7 +259,8 @@ class Worker:
 
     # ---------------------------------------------------------------- thread-safe API
     def open(self, sid: int, spec: StreamSpec) -> concurrent.futures.Future:
-        """Allocate slots now (WorkerFull if none); the returned future gets EngineInfo once the slot is reset."""
+        """Allocate slots now (WorkerFull if none); the returned future gets EngineInfo once the slot is reset,
+        by the first tick after the preset's engines exist (a preset not built yet is built in the background)."""
         fut: concurrent.futures.Future = concurrent.futures.Future()
         with self._cond:
             if sid in self._streams:
@@ -270,7 +286,20 @@ class Worker:
                 st.room_dec_slot, st.room_dec_reset = dec_free.pop(), True
             self._streams[sid] = st
             self._opens.append((st, fut))
+            engines = self._engines
+            build = spec.preset not in engines.enc and spec.preset not in engines.building
+            if build:
+                engines.building.add(spec.preset)
+                engines.errors.pop(spec.preset, None)
             self._cond.notify()
+        if build:  # never here nor in the tick: see the class docstring
+            thread = threading.Thread(
+                target=self._build, args=(spec.preset,), name=f"xcodec-build-{spec.preset}", daemon=True
+            )
+            try:
+                thread.start()
+            except RuntimeError as exc:  # no thread to be had: the waiting opens fail (the next one retries)
+                self._built(spec.preset, None, exc)
         return fut
 
     def push_audio(self, sid: int, seq: int, pcm: np.ndarray) -> None:
@@ -312,14 +341,16 @@ class Worker:
 
     def engine_info(self, preset: str) -> dict[str, float] | None:
         """Latencies of a preset's engines if already created (for /healthz)."""
-        enc, dec = self._engines.enc.get(preset), self._engines.dec.get(preset)
+        with self._cond:
+            enc, dec = self._engines.enc.get(preset), self._engines.dec.get(preset)
         if enc is None:
             return None
         return {"encoder_ms": float(enc.latency_ms), "decoder_ms": float(dec.latency_ms)}
 
     @property
     def presets_loaded(self) -> list[str]:
-        return sorted(self._engines.enc)
+        with self._cond:
+            return sorted(self._engines.enc)
 
     def _push(self, sid: int, item: tuple) -> None:
         with self._cond:
@@ -333,6 +364,26 @@ class Worker:
     def _resampler(self, a: int, b: int) -> StreamingResampler:
         return StreamingResampler(a, b, zero_crossings=self.zero_crossings)
 
+    def _build(self, preset: str) -> None:
+        """A background thread: build a preset's engines, store them (or the error), wake the tick."""
+        try:
+            with self._build_lock, torch.inference_mode():
+                pair = self._engines.build(preset)
+        except BaseException as exc:  # handed to the streams waiting for this preset
+            log.exception("building engine %r failed", preset)
+            self._built(preset, None, exc)
+        else:
+            self._built(preset, pair, None)
+
+    def _built(self, preset: str, pair: tuple[Any, Any] | None, error: BaseException | None) -> None:
+        with self._cond:
+            self._engines.building.discard(preset)
+            if pair is not None:
+                self._engines.enc[preset], self._engines.dec[preset] = pair
+            else:
+                self._engines.errors[preset] = error
+            self._cond.notify_all()
+
     # ---------------------------------------------------------------- the thread
     def _run(self) -> None:
         try:
@@ -340,7 +391,9 @@ class Worker:
                 torch.set_num_threads(self.torch_threads)
             with torch.inference_mode():
                 for preset in self.preload:
-                    self._engines.ensure(preset)
+                    enc, dec = self._engines.build(preset)
+                    with self._cond:
+                        self._engines.enc[preset], self._engines.dec[preset] = enc, dec
         except BaseException as exc:  # reported to start()
             self._start_error = exc
             self._started.set()
@@ -388,14 +441,29 @@ class Worker:
                     return
                 self._cond.wait(deadline - now)
 
+    def _open_due(self, st: _Stream, fut: concurrent.futures.Future) -> bool:
+        """(Under the lock) whether this tick settles an open: its engine is built or failed, or nobody
+        waits for it any more. Otherwise it waits for its preset's build."""
+        engines = self._engines
+        preset = st.spec.preset
+        return (
+            st.closing
+            or fut.cancelled()
+            or preset in engines.enc
+            or (preset in engines.errors and preset not in engines.building)
+        )
+
     def _has_work(self) -> bool:
-        return bool(self._opens) or any(
+        return any(self._open_due(st, fut) for st, fut in self._opens) or any(
             st.closing or (st.pending and st.opened and not st.failed) for st in self._streams.values()
         )
 
     def _tick(self) -> None:
         with self._cond:
-            opens, self._opens = self._opens, []
+            opens, waiting = [], []
+            for st, fut in self._opens:
+                (opens if self._open_due(st, fut) else waiting).append((st, fut))
+            self._opens = waiting
             closing = [st for st in self._streams.values() if st.closing]
             for st in closing:
                 del self._streams[st.sid]
@@ -418,11 +486,24 @@ class Worker:
             self.emit(results)
 
     def _open(self, st: _Stream, fut: concurrent.futures.Future, results: list) -> None:
+        """Reset the stream's slots and answer its future. The future is marked running first: once that
+        succeeds, the event loop can no longer cancel it, so setting its result cannot raise."""
         if st.closing:
             fut.cancel()
             return
+        if not fut.set_running_or_notify_cancel():  # cancelled: nobody waits for this stream, free it now
+            with self._cond:
+                st.closing = True
+                if self._streams.get(st.sid) is st:
+                    del self._streams[st.sid]
+            self._free(st)
+            return
         try:
-            enc, dec = self._engines.ensure(st.spec.preset)
+            with self._cond:
+                enc, dec = self._engines.enc.get(st.spec.preset), self._engines.dec.get(st.spec.preset)
+                error = self._engines.errors.get(st.spec.preset)
+            if enc is None:
+                raise RuntimeError(f"building the {st.spec.preset!r} engine failed: {error}") from error
             if st.enc_slot is not None:
                 enc.reset(st.enc_slot)
                 enc.set_bandwidth(st.enc_slot, st.spec.bandwidth)
@@ -459,7 +540,7 @@ class Worker:
             for slot in (st.dec_slot, st.room_dec_slot):
                 if slot is not None:
                     dec_free.append(slot)
-        st.enc_slot = st.dec_slot = st.room_dec_slot = None
+            st.enc_slot = st.dec_slot = st.room_dec_slot = None
 
     def _take(self, st: _Stream) -> _Take:
         """Pop this tick's input (called under the lock): whole messages up to max_step_ms, then a flush."""
@@ -485,7 +566,10 @@ class Worker:
             (audio if item[0] == "audio" else codes).append(item[1])
             taken += n
             seq_end = item[2] if item[0] == "audio" else item[2] + n - 1
-        return _Take(st, audio, codes, seq_end, flush)
+        take = _Take(st, audio, codes, seq_end, flush)
+        if st.spec.mode == "publish":
+            take.room_slot, take.room_reset = st.room_dec_slot, st.room_dec_reset
+        return take
 
     # ---------------------------------------------------------------- one tick of compute
     def _process(
@@ -496,7 +580,7 @@ class Worker:
         for t in takes:
             by_preset.setdefault(t.stream.spec.preset, []).append(t)
         for preset, group in by_preset.items():
-            enc, dec = self._engines.ensure(preset)
+            enc, dec = self._engines.enc[preset], self._engines.dec[preset]  # built before its streams opened
             codes = self._encode(enc, group, res)
             self._decode(dec, group, codes, res)
             for t in group:
@@ -596,11 +680,12 @@ class Worker:
                 slot = st.dec_slot
             elif st.spec.mode == "loopback" and st.dec_slot is not None:
                 c, slot = codes.get(st.sid), st.dec_slot
-            elif st.spec.mode == "publish" and st.room_dec_slot is not None:
-                if st.room_dec_reset:
-                    dec.reset(st.room_dec_slot)
-                    st.room_dec_reset = False
-                c, slot = codes.get(st.sid), st.room_dec_slot
+            elif st.spec.mode == "publish" and t.room_slot is not None:
+                if t.room_reset:  # from the take's snapshot: the flag is only ever cleared here
+                    dec.reset(t.room_slot)
+                    with self._cond:
+                        st.room_dec_reset = False
+                c, slot = codes.get(st.sid), t.room_slot
             else:
                 continue
             t.codes_in, t.dec_slot = c, slot
