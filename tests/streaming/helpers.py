@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
 from xcodec_stream.streaming.graph import StreamGraph
+from xcodec_stream.streaming.layers import OPEN_END
 
 
 def run_graph(graph: StreamGraph, x: torch.Tensor, chunks: list[int], flush: bool = True) -> torch.Tensor:
@@ -15,25 +15,39 @@ def run_graph(graph: StreamGraph, x: torch.Tensor, chunks: list[int], flush: boo
     r = graph.in_rate
     b, c, total = x.shape
     frames = total // r
-    states = graph.init_state(b, x.device, x.dtype)
+    state = graph.init_state(b, x.device, x.dtype)
+    open_end = torch.full((b,), OPEN_END)
     outs, pos = [], 0
     for n in [*chunks, frames]:
         n = min(n, frames - pos)
         if n <= 0:
             continue
-        y, new = graph.step(x[..., pos * r : (pos + n) * r], states, np.full(b, pos))
-        states = [t if u is None else u for t, u in zip(states, new, strict=True)]
+        y, state = graph.step(x[..., pos * r : (pos + n) * r], state, torch.full((b,), pos), open_end)
         outs.append(y)
         pos += n
     if flush:
         # enough zero frames to bring out every offline output (padding may make it longer than the input)
         beyond = max(0, graph.out_len(total) - frames * graph.out_rate)
         extra = -(-(graph.delay + beyond) // graph.out_rate) + 1
-        y, _ = graph.step(x.new_zeros(b, c, extra * r), states, np.full(b, pos), end=np.full(b, frames))
+        y, _ = graph.step(
+            x.new_zeros(b, c, extra * r), state, torch.full((b,), pos), torch.full((b,), frames)
+        )
         outs.append(y)
     y = torch.cat(outs, dim=-1)
     start = graph.delay
     return y[..., start : start + graph.out_len(total)]
+
+
+def speculate(graph: StreamGraph, x: torch.Tensor, cut: int) -> torch.Tensor:
+    """Commit the first `cut` frames of `x` in one call with speculation: the outputs of the offline module
+    on `x` cut there, from time 0 on (committed and speculative outputs together)."""
+    r = graph.in_rate
+    b = x.shape[0]
+    state = graph.init_state(b, x.device, x.dtype)
+    y, _ = graph.step(
+        x[..., : cut * r], state, torch.zeros(b, dtype=torch.long), torch.full((b,), cut), speculate=True
+    )
+    return y[..., graph.delay :]
 
 
 @torch.no_grad()

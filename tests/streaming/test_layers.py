@@ -8,7 +8,8 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from tests.streaming.helpers import liven, run_graph
+from tests.streaming.helpers import liven, run_graph, speculate
+from xcodec_stream.streaming.layers import OPEN_END
 from xcodec_stream.model.acoustic import AcousticDecoder, AcousticEncoder, DacResidualUnit
 from xcodec_stream.model.semantic_encoder import SemanticEncoder
 from xcodec_stream.streaming.graph import StreamGraph, chain_from_module
@@ -138,3 +139,33 @@ def test_appending_input_never_changes_earlier_output(which):
         long = run_graph(graph, x, [3, 4, 5, 28, 7], flush=False)
     assert short.shape[-1] > 0
     torch.testing.assert_close(long[..., : short.shape[-1]], short, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("which", ["encoder", "decoder"])
+@pytest.mark.parametrize("cut", [1, 2, 7, 13])
+def test_speculative_outputs_equal_offline_on_the_signal_cut_there(which, cut):
+    """A speculative call commits `cut` frames and brings out every output the offline module gives on the
+    signal cut there (zeros past the end, as offline padding); its state takes the committed part only."""
+    torch.manual_seed(1)
+    if which == "encoder":
+        module, x = liven(AcousticEncoder(4, (8, 5, 4, 2), 8)).double(), torch.randn(2, 1, 20 * 320)
+        graph = StreamGraph(chain_from_module(module), 320)
+    else:
+        module, x = liven(AcousticDecoder(8, 16, (8, 5, 4, 2))).double(), torch.randn(2, 8, 20)
+        graph = StreamGraph(chain_from_module(module), 1)
+    x = x.double()
+    r = graph.in_rate
+    with torch.no_grad():
+        ref = module(x[..., : cut * r])
+        got = speculate(graph, x, cut)
+        assert got.shape[-1] >= ref.shape[-1]
+        torch.testing.assert_close(got[..., : ref.shape[-1]], ref, atol=1e-9, rtol=1e-9)
+        assert not got[..., ref.shape[-1] :].any()  # past the end: zeros
+        # the speculation left the state as a plain committed call does
+        s0 = graph.init_state(2, x.device, x.dtype)
+        pos, end = torch.zeros(2, dtype=torch.long), torch.full((2,), OPEN_END)
+        _, spec_state = graph.step(x[..., : cut * r], s0, pos, torch.full((2,), cut), speculate=True)
+        _, plain_state = graph.step(x[..., : cut * r], s0, pos, end)
+    assert spec_state.keys() == plain_state.keys()
+    for k in plain_state:
+        torch.testing.assert_close(spec_state[k], plain_state[k], atol=1e-12, rtol=0)  # same up to kernel choice

@@ -21,8 +21,9 @@ def test_exact_is_exact_and_its_semantic_window_adds_no_latency(tiny_model):
     enc = tiny_model.streaming_encoder(latency="exact")
     dec = tiny_model.streaming_decoder(latency="exact")
     assert not enc.speculative and not dec.speculative
-    assert enc.semantic.latency_frames() <= enc.acoustic.delay == enc.lookahead_frames
-    assert enc.latency_ms + dec.latency_ms == 740.0
+    assert enc.semantic.lookahead <= enc.acoustic.delay == enc.lag  # the semantic lookahead is free
+    assert enc.lookahead_frames == enc.step_frames - 1 + enc.acoustic.delay
+    assert enc.latency_ms + dec.latency_ms == 820.0
 
 
 def test_balanced_keeps_the_decoder_exact(tiny_model):

@@ -112,12 +112,12 @@ def test_semantic_window_sizes_change_agreement_gracefully(tiny_model, speech):
 
 
 def test_speculative_blocks_equal_offline_on_the_signal_so_far(layer_norm_model, speech):
-    """Less lookahead than exact: block k's codes are those of offline parts run on the signal cut where the
-    encoder stands when it emits them (acoustic: block end + acoustic lookahead; semantic: block end +
-    semantic lookahead), the rest taken as ended. Checked where every other part is exact (no GroupNorm,
-    left context wider than the clip, semantic lookahead covering the semantic encoder's 7 frames: below
-    that, its left context comes from earlier windows, each cut at its own point, which no single offline
-    run reproduces)."""
+    """Less lookahead than exact: the step that ends at P frames (a multiple of the step K) brings out the
+    acoustic latents of frames P - K - A .. P - A - 1 and the semantic latents of P - K - S .. P - S - 1, each
+    from offline parts run on the signal cut at P, the rest taken as ended. Checked where every other part
+    is exact (no GroupNorm, left context wider than the clip, semantic lookahead covering the semantic
+    encoder's 7 frames: below that, its left context comes from earlier windows, each cut at its own point,
+    which no single offline run reproduces)."""
     model = layer_norm_model
     block, ahead_a, ahead_s = 3, 4, 7
     x = pad_to_frames(speech)
@@ -131,15 +131,16 @@ def test_speculative_blocks_equal_offline_on_the_signal_so_far(layer_norm_model,
     enc = model.streaming_encoder(latency=opts)
     assert enc.speculative and enc.lookahead_frames == block - 1 + max(ahead_a, ahead_s)
     codes = torch.cat([enc.step(speech[:, :5000]), enc.step(speech[:, 5000:]), enc.flush()], dim=-1)
-    expected = []
+    ac = torch.zeros(1, model.acoustic_encoder.conv2.out_channels, frames)
+    sem = torch.zeros(1, model.encoder_semantic.out_channels, frames)
     with torch.inference_mode():
-        for k in range(-(-frames // block)):
-            span = slice(k * block, min((k + 1) * block, frames))
-            cut_a = min((k + 1) * block + ahead_a, frames) * 320
-            cut_s = min((k + 1) * block + ahead_s, frames) * 320
-            ac = model.acoustic_encoder(x[None, :, :cut_a])[..., span]
-            sem = model.encode_semantic(model.semantic_features(F.pad(x[:, :cut_s], (160, 160))))[..., span]
-            expected.append(model.quantize(model.encode_latent(ac, sem), 8))
-    expected = torch.cat(expected, dim=-1)
+        for p in range(block, frames + ahead_s + block, block):
+            cut = min(p, frames) * 320
+            span_a = slice(max(0, p - block - ahead_a), max(0, min(p - ahead_a, frames)))
+            span_s = slice(max(0, p - block - ahead_s), max(0, min(p - ahead_s, frames)))
+            ac[..., span_a] = model.acoustic_encoder(x[None, :, :cut])[..., span_a]
+            feats = model.semantic_features(F.pad(x[:, :cut], (160, 160)))
+            sem[..., span_s] = model.encode_semantic(feats)[..., span_s]
+        expected = model.quantize(model.encode_latent(ac, sem), 8)
     agree = (codes == expected).float().mean().item()
     assert agree >= 0.99, agree  # float32 rounding may flip a rare near-tie

@@ -59,9 +59,17 @@ def test_cached_rows_equal_sessions_alone(tiny_model, speech):
 def _semantic_latents(model, x: torch.Tensor, opts: StreamingOptions) -> tuple[torch.Tensor, torch.Tensor]:
     """Codes and the semantic-encoder latents of the whole clip (one step + flush)."""
     enc = model.streaming_encoder(latency=opts)
+    lats: list[torch.Tensor] = []
+    original = enc.semantic.step
+
+    def record(*args):
+        lats.append(original(*args))
+        return lats[-1]
+
+    enc.semantic.step = record
     codes = torch.cat([enc.step(x), enc.flush()], dim=-1)
-    start = enc.ring - int(enc.sem_blocks[0]) * enc.semantic.block  # the ring ends at the last block's end
-    return codes, enc.bank.tensors[enc._ring_s][0, :, start : start + codes.shape[-1]]
+    s = enc.semantic.lookahead  # the first step's latents start at frame -S
+    return codes, torch.cat(lats, dim=-1)[0, :, s : s + codes.shape[-1]]
 
 
 def test_first_block_equals_the_window(variant_model, speech):
@@ -119,8 +127,8 @@ def _block_causal_reference(sm, h: torch.Tensor, block: int, left: int) -> torch
 def test_cache_equals_a_block_causal_transformer(variant_model, speech):
     """Without lookahead, every cached frame keeps what it computed as a block frame: the engine's blocks are
     a dense transformer with a banded block-causal mask over the same layer-0 inputs (checks the commit and
-    shift of the cache, the masks before the start, and WavLM's bias offsets). Chunks of 3 frames: blocks
-    of 4 fall due 0, 1 or 2 per call."""
+    shift of the cache, the masks before the start, and WavLM's bias offsets). Chunks of 3 frames: a step
+    of 4 frames runs in 0 or 1 call per chunk."""
     block, left = 4, 6
     opts = StreamingOptions(semantic_block=block, semantic_left_context=left, semantic_lookahead=0)
     enc = variant_model.streaming_encoder(latency=opts.with_(semantic_cache=True))
@@ -135,9 +143,10 @@ def test_cache_equals_a_block_causal_transformer(variant_model, speech):
 
     sem.cached_hidden = record
     stream_encode(enc, speech, [3 * 320])
-    # a single row: every call is one block, in order (the last one partly past the end: dropped)
-    h0 = torch.cat([h for h, _ in calls], dim=1)[:, : (len(calls) - 1) * block]
-    got = torch.cat([o for _, o in calls], dim=1)[:, : (len(calls) - 1) * block]
+    # a single row: every call is one block, in order (blocks that reach past the end: dropped)
+    keep = speech.shape[1] // 320 // block * block
+    h0 = torch.cat([h for h, _ in calls], dim=1)[:, :keep]
+    got = torch.cat([o for _, o in calls], dim=1)[:, :keep]
     with torch.inference_mode():
         ref = _block_causal_reference(variant_model.semantic_model, h0, block, left)
     torch.testing.assert_close(got, ref, atol=1e-4, rtol=1e-4)

@@ -51,7 +51,7 @@ def test_encoder_rows_equal_sessions_alone(tiny_model, speech, preset):
     # batch of 4: session 0 and 1 in slots 0 and 2; slot 1 runs session 2 after a reset in the middle of an
     # abandoned session; slot 3 stays idle throughout
     enc = tiny_model.streaming_encoder(batch_size=4, latency=preset)
-    idle_before = [t[3].clone() for t in enc.bank.tensors]
+    idle_before = [t[3].clone() for t in enc.bank.tensors.values()]
     slot_of = {0: 0, 1: 2, 2: 1}
     chunks = [[320, 0, 961, 4800], [50, 7000, 0, 333], [640, 1]]
     ticks = _schedule([len(s) for s in sigs], chunks, starts=[0, 3, 8])
@@ -73,7 +73,7 @@ def test_encoder_rows_equal_sessions_alone(tiny_model, speech, preset):
             got[next(s for s, sl in slot_of.items() if sl == slot)].append(codes)
     for s in range(3):
         assert torch.equal(torch.cat(got[s], dim=-1), alone[s]), f"session {s}"
-    for before, t in zip(idle_before, enc.bank.tensors, strict=True):
+    for before, t in zip(idle_before, enc.bank.tensors.values(), strict=True):
         assert torch.equal(before, t[3]), "the idle slot's state moved"
 
 
@@ -81,7 +81,7 @@ def test_decoder_rows_equal_sessions_alone(tiny_model, tiny_codes):
     codes = [tiny_codes[0], tiny_codes[1, :3, :50], tiny_codes[0, :5, 7:60]]  # different n_q and lengths
     alone = [stream_decode(tiny_model.streaming_decoder(latency="exact"), c[None], [3])[0] for c in codes]
     dec = tiny_model.streaming_decoder(batch_size=4, latency="exact")
-    idle_before = [t[3].clone() for t in dec.bank.tensors]
+    idle_before = [t[3].clone() for t in dec.bank.tensors.values()]
     slot_of = {0: 2, 1: 0, 2: 1}
     got: dict[int, list[torch.Tensor]] = {0: [], 1: [], 2: []}
     rng = np.random.default_rng(0)
@@ -112,7 +112,7 @@ def test_decoder_rows_equal_sessions_alone(tiny_model, tiny_codes):
         out = torch.cat(got[s])
         assert out.shape == alone[s].shape == (320 * codes[s].shape[1],)
         assert (out - alone[s]).abs().max() <= 1e-5, f"session {s}"
-    for before, t in zip(idle_before, dec.bank.tensors, strict=True):
+    for before, t in zip(idle_before, dec.bank.tensors.values(), strict=True):
         assert torch.equal(before, t[3]), "the idle slot's state moved"
 
 

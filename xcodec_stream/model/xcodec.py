@@ -173,20 +173,29 @@ class XcodecModel(nn.Module):
 
     # ---- streaming ----------------------------------------------------------------------------------
     def streaming_encoder(
-        self, batch_size: int = 1, bandwidth: float | None = None, latency: str | object = "balanced"
+        self,
+        batch_size: int = 1,
+        bandwidth: float | None = None,
+        latency: str | object = "balanced",
+        compile: str | bool = "eager",
     ) -> StreamingEncoder:
         """A chunked encoder over `batch_size` session slots; `latency`: "exact" | "balanced" | "low" or a
-        `StreamingOptions`. See `xcodec_stream.streaming.encoder.StreamingEncoder`."""
+        `StreamingOptions`; `compile`: "eager", "compile", "cuda-graphs" or "auto". See
+        `xcodec_stream.streaming.encoder.StreamingEncoder`."""
         from xcodec_stream.streaming.encoder import StreamingEncoder
 
-        return StreamingEncoder(self, batch_size=batch_size, bandwidth=bandwidth, latency=latency)
+        return StreamingEncoder(
+            self, batch_size=batch_size, bandwidth=bandwidth, latency=latency, compile=compile
+        )
 
-    def streaming_decoder(self, batch_size: int = 1, latency: str | object = "balanced") -> StreamingDecoder:
+    def streaming_decoder(
+        self, batch_size: int = 1, latency: str | object = "balanced", compile: str | bool = "eager"
+    ) -> StreamingDecoder:
         """A chunked decoder over `batch_size` session slots. See
         `xcodec_stream.streaming.decoder.StreamingDecoder`."""
         from xcodec_stream.streaming.decoder import StreamingDecoder
 
-        return StreamingDecoder(self, batch_size=batch_size, latency=latency)
+        return StreamingDecoder(self, batch_size=batch_size, latency=latency, compile=compile)
 
     # ---- public API ---------------------------------------------------------------------------------
     def _check_input(self, input_values: torch.Tensor) -> torch.Tensor:

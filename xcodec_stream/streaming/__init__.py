@@ -1,7 +1,24 @@
-"""Streaming engine: cached-state layers, chunked encoder/decoder with batch slots, latency presets."""
+"""Streaming engine: static-shape cached-state layers, chunked encoder/decoder with batch slots, presets.
 
-from xcodec_stream.streaming.decoder import StreamingDecoder
-from xcodec_stream.streaming.encoder import StreamingEncoder
-from xcodec_stream.streaming.presets import PRESETS, StreamingOptions
+Imports are lazy: `import xcodec_stream.streaming.layers` does not build the engines' modules.
+"""
 
-__all__ = ["PRESETS", "StreamingDecoder", "StreamingEncoder", "StreamingOptions"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "StreamingDecoder": "xcodec_stream.streaming.decoder",
+    "StreamingEncoder": "xcodec_stream.streaming.encoder",
+    "PRESETS": "xcodec_stream.streaming.presets",
+    "StreamingOptions": "xcodec_stream.streaming.presets",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

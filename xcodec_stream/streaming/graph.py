@@ -8,19 +8,18 @@ anything derived from `ResidualUnit` (`forward(x) = x + branch(x)`); its `branch
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import fx, nn
 
 from xcodec_stream.model.layers import ResidualUnit, Snake1d
 from xcodec_stream.streaming.layers import (
     OPEN_END,
+    STREAM_LAYERS,
     Chain,
     Conv,
-    ConvTranspose,
     Pointwise,
     Residual,
-    StepContext,
+    Step,
     StreamNode,
 )
 
@@ -75,25 +74,33 @@ def _called_modules(root: nn.Module) -> list[nn.Module]:
     return out
 
 
-def chain_from_module(module: nn.Module) -> Chain:
-    """A streaming chain equal to `module.forward` (a chain of convs, residual units and activations)."""
-    return Chain(_nodes(_called_modules(module)))
+def chain_from_module(module: nn.Module, prefix: str = "") -> Chain:
+    """A streaming chain equal to `module.forward` (a chain of convs, residual units and activations).
+    Every node's state key is its module path under `prefix`."""
+    return Chain(_nodes(_called(module), prefix), key=prefix)
 
 
-def _nodes(modules: list[nn.Module]) -> list[StreamNode]:
+def _called(root: nn.Module) -> list[tuple[str, nn.Module]]:
+    """(path, module) of the modules `root.forward` calls, in order."""
+    names = {id(m): name for name, m in root.named_modules()}
+    return [(names.get(id(m), ""), m) for m in _called_modules(root)]
+
+
+def _nodes(modules: list[tuple[str, nn.Module]], prefix: str) -> list[StreamNode]:
     nodes: list[StreamNode] = []
-    for m in modules:
-        if isinstance(m, nn.Conv1d):
-            nodes.append(Conv(m))
-        elif isinstance(m, nn.ConvTranspose1d):
-            nodes.append(ConvTranspose(m))
+    for name, m in modules:
+        key = f"{prefix}.{name}" if prefix else name
+        make = STREAM_LAYERS.get(type(m))
+        if make is not None:
+            nodes.append(make(m, key))
         elif isinstance(m, ResidualUnit):
-            branch = Chain(_nodes(_called_modules(_Branch(m))))
-            nodes.append(Residual(branch, _channels(branch)))
+            inner = [(n.removeprefix("unit."), mod) for n, mod in _called(_Branch(m))]  # paths under m
+            branch = Chain(_nodes(inner, key), key=key)
+            nodes.append(Residual(branch, _channels(branch), key=key))
         elif isinstance(m, ZERO_PRESERVING):
-            nodes.append(Pointwise(m))
+            nodes.append(Pointwise(m, key))
         else:
-            nodes.extend(_nodes(_called_modules(m)))
+            nodes.extend(_nodes(_called(m), key))
     return nodes
 
 
@@ -105,54 +112,56 @@ def _channels(branch: Chain) -> int:
 
 
 class StreamGraph:
-    """A bound chain: its per-row state templates, its delay, and a batched `step`.
+    """A bound chain: its per-row state templates (named), its delay, and a static-shape batched `step`.
 
     `in_rate` is the number of input samples per frame (320 for a waveform, 1 for a latent). `delay` is in
     output samples: output time t is emitted by the call that commits input frame `(t + delay) // out_rate`.
+    `spec_in`: input samples past the committed ones that a speculative call is given (they can be non-zero);
+    a speculative call returns `spec_out` more outputs than a committed one.
     """
 
-    def __init__(self, chain: Chain, in_rate: int) -> None:
+    def __init__(self, chain: Chain, in_rate: int, spec_in: int = 0) -> None:
         self.chain = chain
         self.in_rate = in_rate
-        templates: list[torch.Tensor] = []
-        offset, rate = chain.bind(0, in_rate, templates)
+        templates: dict[str, torch.Tensor] = {}
+        offset, rate, spec = chain.bind(0, in_rate, spec_in, templates)
         self.templates = templates
         self.out_rate = rate
         self.delay = -offset
-        # frames after which no layer emits an output before time 0 any more (masks can be skipped)
-        self.warmup = max([0] + [-(n.out_offset // n.out_rate) for n in chain.nodes() if n.out_offset < 0])
+        self.spec_out = spec
+        keys = [n.key for n in chain.nodes() if n.key in templates]
+        if len(set(keys)) != len(keys):
+            raise ValueError("two streaming layers share a state key")
 
-    def init_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> list[torch.Tensor]:
-        out = []
-        for t in self.templates:
+    def init_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+        out = {}
+        for k, t in self.templates.items():
             t = t.to(device=device, dtype=t.dtype if t.dtype == torch.float64 else dtype)
-            out.append(t.unsqueeze(0).repeat(batch, *([1] * t.dim())))
+            out[k] = t.unsqueeze(0).repeat(batch, *([1] * t.dim()))
         return out
 
     def step(
         self,
         x: torch.Tensor,
-        states: list[torch.Tensor],
-        pos: np.ndarray,
-        adv: np.ndarray | None = None,
-        end: np.ndarray | None = None,
-    ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
-        """Feed `x` (b, C, N * in_rate) to rows whose states are `states`; returns (b, C', N * out_rate) and
-        the new states (None where a state did not change).
-
-        `pos` (b,) frames each row committed before; `adv` (b,) frames each row commits now (None: all N);
-        `end` (b,) each row's signal length in frames where known (OPEN_END otherwise; None: no row ended).
+        state: dict[str, torch.Tensor],
+        pos: torch.Tensor,
+        end: torch.Tensor,
+        frames: int | None = None,
+        speculate: bool = False,
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Feed `x` (b, C, K * in_rate [+ speculative samples]) to rows whose state is `state`; every row
+        commits `frames` (default: all of x) frames. Returns (b, C', K * out_rate [+ spec_out]) and the new
+        state (every key). `pos` (b,) int64 frames each row committed before; `end` (b,) int64 each row's
+        signal length in frames (OPEN_END while open; when speculating, where the signal is taken to end).
         Output j of row i has time `pos[i] * out_rate - delay + j`."""
-        frames = x.shape[-1] // self.in_rate
-        pos = np.asarray(pos, dtype=np.int64)
-        masking = end is not None or int(pos.min(initial=0)) < self.warmup
-        ctx = StepContext(frames, states, [None] * len(states), pos=pos, adv=adv, masking=masking)
-        end_in = None if end is None else np.asarray(end, dtype=np.int64) * self.in_rate
-        y, _ = self.chain.step(x, end_in, ctx)
-        return y, ctx.new_states
+        k = x.shape[-1] // self.in_rate if frames is None else frames
+        st = Step(frames=k, pos=pos, speculate=speculate)
+        new: dict[str, torch.Tensor] = {}
+        y, _ = self.chain.step(x, end * self.in_rate, state, new, st)
+        return y, new
 
     def out_len(self, n: int) -> int:
-        return int(self.chain.out_len(np.array([n]))[0])
+        return int(self.chain.out_len(torch.tensor([n]))[0])
 
 
 __all__ = ["OPEN_END", "StreamGraph", "chain_from_module"]

@@ -1,171 +1,160 @@
-"""Streaming layers: convolutions with cached input, transposed convolutions with overlap-add, delays.
+"""Streaming layers with static shapes: cached-input convs, overlap-add transposed convs, delays, residuals.
 
 Every layer turns an offline module into a step function over a batch of independent rows (sessions).
-Time is counted in whole frames (one hop of the model's input); a layer sees `rate` samples per frame.
-A call feeds `N` frames to every row but row `i` only *commits* its first `adv[i]` frames: the state
-advances by exactly that much, so rows at different stream positions (or idle rows, `adv = 0`) share one
-forward pass, and the frames past `adv[i]` may be speculative (computed from a guess, never committed).
+Time is counted in whole frames (one hop of the model's input); a layer sees `in_rate` samples per frame.
 
-Symmetric (non-causal) convolutions become causal with a delay: a layer keeps the last `L` input samples
-and emits one output per `stride` new inputs. `L` is chosen so that the output grid lines up with the
-offline one; the first output of a stream then has a (usually negative) time `offset`, and outputs whose
-time is before 0 or at/after the layer's offline length are zeroed, exactly as the next offline layer's
-zero padding would see them. With that, a chain of streaming layers equals the offline chain, seams
-included. Once a row's end is known, layers skip computing outputs past it (they are zeros): this bounds
-the cost of speculative runs that treat "the signal ends here".
+A call commits the same whole number of frames `K` for every row (static shapes: nothing depends on the
+data or on where a row stands), so one step can be compiled or captured in a CUDA graph. What differs
+between rows (stream start, stream end) is handled by masks computed on the device from per-row position
+tensors: output times before 0 or at/after the layer's offline length are zeroed, exactly as the next
+offline layer's zero padding would see them.
 
-State tensors are plain tensors with a leading batch dimension, owned by the caller (never buffers in a
-`state_dict`): `step` reads `ctx.states[i]` and writes `ctx.new_states[i]`. Positions and ends are host
-(numpy) arrays: they decide shapes, so they must not need a device sync.
+Symmetric (non-causal) convolutions become causal with a delay: a layer keeps the last `buffer` input
+samples and emits one output per `stride` new inputs; `buffer` puts the output grid on the offline one.
+
+Speculation: with `speculate=True` a call also computes the outputs *after* the committed ones that the
+offline model would give if the signal ended where the committed input ends (`end`); each layer pads its
+input with zeros as far as it needs (the offline zero padding) and computes a static number of extra
+outputs (`spec_out`, fixed at bind time: only those that can be non-zero). The state only ever takes the
+committed part: speculation writes no state.
+
+State: every stateful layer owns one tensor, named by the layer's `key` (its module path), with a leading
+batch dimension; a graph's state is a `dict[str, Tensor]`, never a module buffer. `STREAM_LAYERS` maps
+module types to streaming layers: a new layer type is one class and one entry.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-# Calls with at most this many outputs per conv use an im2col matmul instead of conv1d (2x faster on CPU
+# Calls with at most this many outputs per conv use an im2col matmul instead of conv1d (faster on CPU
 # when the weights are large and the time axis short).
 IM2COL_MAX_OUTPUTS = 48
 
-# Offline length of a row whose end is not known yet: large enough for any stream, small enough that
-# `n * rate` stays far from int64 overflow.
+# Offline length (in frames) of a row whose end is not known yet: large enough for any stream, small enough
+# that `n * rate` stays far from int64 overflow.
 OPEN_END = 1 << 50
 
+State = dict[str, torch.Tensor]
 
-@dataclass
-class StepContext:
-    """What one call knows about its rows: states, per-row advance, positions (for the masks)."""
+
+@dataclass(frozen=True)
+class Step:
+    """What one call knows: its static size and the rows' positions (device tensors, shape (b,))."""
 
     frames: int
-    """N: frames fed to every row in this call."""
-    states: list[torch.Tensor]
-    new_states: list[torch.Tensor | None]
-    pos: np.ndarray
-    """(b,) int64 frames each row had committed before this call."""
-    adv: np.ndarray | None = None
-    """(b,) int64 frames each row commits (<= N); None: every row commits all N."""
-    masking: bool = True
-    """False when no row can produce an output before time 0 or after its end: masks are skipped."""
-
-    def __post_init__(self) -> None:
-        self._adv_t: dict[torch.device, torch.Tensor] = {}
-
-    def adv_tensor(self, device: torch.device) -> torch.Tensor:
-        if device not in self._adv_t:
-            self._adv_t[device] = torch.from_numpy(self.adv).to(device)
-        return self._adv_t[device]
+    """K: input frames every row commits in this call."""
+    pos: torch.Tensor
+    """int64 frames each row committed before this call (may be negative: a row that starts with a lead)."""
+    speculate: bool = False
+    """Also compute the outputs past the committed ones, the signal taken to end at `end`."""
 
 
-def advance(buf: torch.Tensor, ctx: StepContext, rate: int, keep: int) -> torch.Tensor:
-    """The `keep` samples of `buf` (b, C, L + N*rate) that end where each row's committed input ends."""
-    return shift(buf, None if ctx.adv is None else ctx.adv_tensor(buf.device), rate, keep)
-
-
-def shift(buf: torch.Tensor, adv: torch.Tensor | None, rate: int, keep: int) -> torch.Tensor:
-    """`buf` (b, C, keep + N*rate) holds a row's kept past then N new frames; row i committed `adv[i]` of
-    them (None: all). Returns the `keep` samples that end at each row's committed end."""
-    b, c, total = buf.shape
-    if keep == 0:
-        return buf.new_zeros(b, c, 0)
-    if adv is None:
-        return buf[..., total - keep :].contiguous()
-    idx = (adv * rate)[:, None] + torch.arange(keep, device=buf.device)[None, :]
-    return buf.gather(-1, idx[:, None, :].expand(b, c, keep))
-
-
-def valid_mask(
-    ctx: StepContext, offset: int, rate: int, n: int, end: np.ndarray | None, device
-) -> torch.Tensor:
-    """(b, 1, n) bool: output sample j of this call has a time in [0, end) of this layer's offline signal."""
-    t = (offset + ctx.pos * rate)[:, None] + np.arange(n)[None, :]
-    ok = t >= 0
-    if end is not None:
-        ok &= t < end[:, None]
-    return torch.from_numpy(ok[:, None, :]).to(device)
-
-
-def live_outputs(ctx: StepContext, offset: int, rate: int, n: int, end: np.ndarray | None) -> int:
-    """How many of the n outputs of this call can be non-zero for some row (the rest are past every end)."""
-    if end is None:
-        return n
-    t0 = offset + ctx.pos * rate
-    return int(np.clip(end - t0, 0, n).max(initial=0))
+def time_mask(t0: torch.Tensor, n: int, length: torch.Tensor) -> torch.Tensor:
+    """(b, 1, n) bool: output j of row i has time t0[i] + j inside [0, length[i])."""
+    t = t0[:, None] + torch.arange(n, device=t0.device)[None, :]
+    return ((t >= 0) & (t < length[:, None]))[:, None, :]
 
 
 class StreamNode:
     """A node of a streaming chain. `bind` fixes its timing once, `step` runs one call."""
 
+    key: str = ""
     in_rate: int = 1
     out_rate: int = 1
     in_offset: int = 0
     out_offset: int = 0
+    spec_out: int = 0
 
-    def bind(self, in_offset: int, in_rate: int, states: list[torch.Tensor]) -> tuple[int, int]:
-        """Fix timing for an input whose first streamed sample has time `in_offset` (at pos 0) and
-        `in_rate` samples per frame; append the initial value of each per-row state (one row, no batch
-        dimension; float64 templates stay float64, others take the compute dtype) to `states`.
-        Returns the output's (offset, rate)."""
+    def bind(self, in_offset: int, in_rate: int, spec_in: int, states: State) -> tuple[int, int, int]:
+        """Fix timing for an input whose first streamed sample has time `in_offset` (at pos 0), `in_rate`
+        samples per frame and, when speculating, `spec_in` input samples past the committed ones that can be
+        non-zero. Adds the initial value of this node's state (one row, no batch dimension) to `states`.
+        Returns the output's (offset, rate, spec_out)."""
         raise NotImplementedError
 
-    def out_len(self, n: np.ndarray) -> np.ndarray:
-        """Offline output length for offline input length `n` (per row)."""
+    def out_len(self, n: torch.Tensor) -> torch.Tensor:
+        """Offline output length for offline input length `n` (per row, int64 tensor)."""
         return n
 
     def step(
-        self, x: torch.Tensor, end: np.ndarray | None, ctx: StepContext
-    ) -> tuple[torch.Tensor, np.ndarray | None]:
-        """One call: `x` (b, C, N * in_rate), `end` the rows' offline input lengths (None: no row ended).
-        Returns the output and the rows' offline output lengths."""
+        self, x: torch.Tensor, n: torch.Tensor, state: State, new: State, st: Step
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One call: `x` (b, C, K * in_rate [+ speculative samples]), `n` the rows' offline input lengths.
+        Reads `state[key]`, writes `new[key]`. Returns the output and the rows' offline output lengths."""
         raise NotImplementedError
 
     def nodes(self) -> list[StreamNode]:
         return [self]
 
-    def _mask(self, y: torch.Tensor, end: np.ndarray | None, ctx: StepContext) -> torch.Tensor:
-        if not ctx.masking:
-            return y
-        return y * valid_mask(ctx, self.out_offset, self.out_rate, y.shape[-1], end, y.device)
+    def constant(self, value: torch.Tensor) -> torch.Tensor:
+        """The output for an input that is `value` (per channel) everywhere (start-up buffers)."""
+        raise NotImplementedError(f"{type(self).__name__} has no constant response")
+
+    def _n_out(self, st: Step) -> int:
+        return st.frames * self.out_rate + (self.spec_out if st.speculate else 0)
+
+    def _mask(self, y: torch.Tensor, n_len: torch.Tensor, st: Step) -> torch.Tensor:
+        t0 = self.out_offset + st.pos * self.out_rate
+        return y * time_mask(t0, y.shape[-1], n_len).to(y.dtype)
+
+    def _spec(self, n_len: Callable[[int], int], in_offset: int, in_rate: int, spec_in: int) -> int:
+        """Extra outputs that can be non-zero when the signal ends where the committed input ends: the
+        offline length minus the committed outputs, the same for every stream position (checked)."""
+        got = set()
+        for p in (1000, 1001):
+            length = n_len(in_offset + p * in_rate + spec_in)
+            got.add(max(0, length - (self.out_offset + p * self.out_rate)))
+        if len(got) != 1:
+            raise ValueError(f"{type(self).__name__} {self.key}: speculative length depends on the position")
+        return got.pop()
 
 
 class Pointwise(StreamNode):
     """A per-sample module (Snake, ELU, GELU, ...). `zero_preserving`: f(0) == 0, so no mask is needed."""
 
-    def __init__(self, module: nn.Module, zero_preserving: bool = True) -> None:
+    def __init__(self, module: nn.Module, key: str = "", zero_preserving: bool = True) -> None:
         self.module = module
+        self.key = key
         self.zero_preserving = zero_preserving
 
-    def bind(self, in_offset, in_rate, states):
+    def bind(self, in_offset, in_rate, spec_in, states):
         self.in_offset = self.out_offset = in_offset
         self.in_rate = self.out_rate = in_rate
-        return in_offset, in_rate
+        self.spec_out = spec_in
+        return in_offset, in_rate, spec_in
 
-    def step(self, x, end, ctx):
+    def step(self, x, n, state, new, st):
         y = self.module(x)
-        return (y if self.zero_preserving else self._mask(y, end, ctx)), end
+        return (y if self.zero_preserving else self._mask(y, n, st)), n
+
+    def constant(self, value):
+        param = next(self.module.parameters(), value)
+        return self.module(value[None, :, None].to(param.dtype))[0, :, 0].float()
 
 
 class Conv(StreamNode):
-    """Streaming `nn.Conv1d`: keeps the last `L` inputs, emits `N*rate/stride` outputs per call.
+    """Streaming `nn.Conv1d`: keeps the last `buffer` inputs, emits `K*in_rate/stride` outputs per call.
 
-    `padding` overrides the module's (HuBERT's input padding is expressed this way). `L` is the smallest
+    `padding` overrides the module's (HuBERT's input padding is expressed this way). `buffer` is the smallest
     length that (a) holds a whole window, (b) puts the output grid on integer times, (c) makes the first
     output's time <= 0 so that outputs computed only from padding are emitted too. With `head`, (c) is
     dropped: the outputs before the first emitted one depend on padding alone, and whoever builds the chain
-    puts their (constant) values into the next layers' initial buffers (HuBERT's 160-sample input padding
-    would otherwise cost a frame).
+    puts their (constant) values into the next layers' initial buffers.
     """
 
-    def __init__(self, module: nn.Conv1d, padding: int | None = None, head: bool = False) -> None:
+    def __init__(self, module: nn.Conv1d, key: str = "", padding: int | None = None, head: bool = False):
         if module.padding_mode != "zeros" or isinstance(module.padding, str):
             raise ValueError(
                 f"streaming conv needs numeric zero padding, got {module.padding!r}/{module.padding_mode}"
             )
         self.module = module
+        self.key = key
         self.kernel = module.kernel_size[0]
         self.stride = module.stride[0]
         self.dilation = module.dilation[0]
@@ -173,19 +162,19 @@ class Conv(StreamNode):
         self.padding = module.padding[0] if padding is None else padding
         self.span = (self.kernel - 1) * self.dilation + 1
         self.head = head
-        self.state_index = -1
         self.buffer = 0
         self._matrix: tuple[tuple, torch.Tensor] | None = None
 
     def matrix(self) -> torch.Tensor:
-        """The kernel as (k * C_in, C_out) for the im2col path (cached)."""
+        """The kernel as (k * C_in, C_out) for the im2col path (cached per weight tensor: weights are not
+        changed in place at inference; `load_state_dict` replaces data, which changes the pointer)."""
         w = self.module.weight
-        key = (w.data_ptr(), w.dtype, w.device, w._version)
+        key = (w.data_ptr(), w.dtype, w.device)
         if self._matrix is None or self._matrix[0] != key:
-            self._matrix = (key, w.permute(2, 1, 0).reshape(-1, w.shape[0]).contiguous())
+            self._matrix = (key, w.detach().permute(2, 1, 0).reshape(-1, w.shape[0]).contiguous())
         return self._matrix[1]
 
-    def bind(self, in_offset, in_rate, states):
+    def bind(self, in_offset, in_rate, spec_in, states):
         s = self.stride
         if in_rate % s:
             raise ValueError(f"conv stride {s} does not divide the {in_rate} samples per frame it sees")
@@ -194,41 +183,42 @@ class Conv(StreamNode):
         self.in_offset, self.in_rate = in_offset, in_rate
         self.out_offset = (in_offset - self.buffer + self.padding) // s
         self.out_rate = in_rate // s
+        self.spec_out = self._spec(self._len, in_offset, in_rate, spec_in)
         if self.buffer:
-            self.state_index = len(states)
-            states.append(torch.zeros(self.module.in_channels, self.buffer))
-        return self.out_offset, self.out_rate
+            states[self.key] = torch.zeros(self.module.in_channels, self.buffer)
+        return self.out_offset, self.out_rate, self.spec_out
+
+    def _len(self, n: int) -> int:
+        return max((n + 2 * self.padding - self.span) // self.stride + 1, 0)
 
     def out_len(self, n):
-        k, s, d, p = self.kernel, self.stride, self.dilation, self.padding
-        return np.maximum((n + 2 * p - d * (k - 1) - 1) // s + 1, 0)
+        return ((n + 2 * self.padding - self.span).div(self.stride, rounding_mode="floor") + 1).clamp(min=0)
 
-    def step(self, x, end, ctx):
-        n_out = x.shape[-1] // self.stride
+    def step(self, x, n, state, new, st):
         if self.buffer:
-            cat = torch.cat([ctx.states[self.state_index], x], dim=-1)
-            ctx.new_states[self.state_index] = advance(cat, ctx, self.in_rate, self.buffer)
+            cat = torch.cat([state[self.key], x], dim=-1)
+            k = st.frames * self.in_rate
+            new[self.key] = cat[..., k : k + self.buffer]
         else:
             cat = x
-        if end is not None:
-            end = self.out_len(end)
-        live = live_outputs(ctx, self.out_offset, self.out_rate, n_out, end)
-        y = self._conv(cat, live) if live else x.new_zeros(x.shape[0], self.module.out_channels, 0)
-        if live < n_out:  # every row's signal ended before these outputs: they are zeros
-            y = F.pad(y, (0, n_out - live))
-        return self._mask(y, end, ctx), end
+        n_out = self._n_out(st)
+        need = (n_out - 1) * self.stride + self.span
+        if cat.shape[-1] < need:  # speculative outputs read the offline zero padding past the end
+            cat = F.pad(cat, (0, need - cat.shape[-1]))
+        y = self._conv(cat[..., :need], n_out)
+        n = self.out_len(n)
+        return self._mask(y, n, st), n
 
     def _conv(self, cat: torch.Tensor, n_out: int) -> torch.Tensor:
-        need = (n_out - 1) * self.stride + self.span
         if n_out <= IM2COL_MAX_OUTPUTS and self.groups == 1 and self.kernel > 1:
             # few outputs: reading the weights dominates, and one matmul reads them best
-            cols = cat[..., :need].unfold(-1, self.span, self.stride)[..., :: self.dilation]  # (b, C, n, k)
+            cols = cat.unfold(-1, self.span, self.stride)[..., :: self.dilation]  # (b, C, n, k)
             y = cols.permute(0, 2, 3, 1).reshape(cat.shape[0], n_out, -1) @ self.matrix()
             if self.module.bias is not None:
                 y = y + self.module.bias
             return y.transpose(1, 2)
         return F.conv1d(
-            cat[..., :need],
+            cat,
             self.module.weight,
             self.module.bias,
             stride=self.stride,
@@ -236,164 +226,191 @@ class Conv(StreamNode):
             groups=self.groups,
         )
 
+    def constant(self, value):
+        w = self.module.weight.float()
+        x = value[None, :, None].expand(1, w.shape[1] * self.groups, self.span).contiguous()
+        bias = None if self.module.bias is None else self.module.bias.float()
+        return F.conv1d(x, w, bias, dilation=self.dilation, groups=self.groups)[0, :, 0]
+
 
 class ConvTranspose(StreamNode):
     """Streaming `nn.ConvTranspose1d` (dilation 1): overlap-add of the tail kept per row.
 
-    Each input sample adds `k` outputs; after a call the first `N*rate*stride` outputs can receive nothing
-    more and are emitted, the rest (the tail, without bias) waits for the next call. The bias is added
-    on emission. The offline `padding` crop is a fixed time offset; `output_padding` only changes the
-    offline length, which the end mask applies.
+    Each input sample adds `k` outputs; after a call the first `K*in_rate*stride` outputs can receive nothing
+    more and are emitted, the rest (the tail, without bias) waits for the next call. The bias is added on
+    emission. The offline `padding` crop is a fixed time offset; `output_padding` only changes the offline
+    length, which the end mask applies.
 
     Computed as one matmul (inputs x kernel taps) and a sum of `ceil(k / stride)` shifted blocks: with few
     input frames per call, `conv_transpose1d` takes a slow path (10x slower on CPU for the DAC decoder).
+    Committed and speculative inputs are overlap-added separately (each tap once): the state takes the
+    committed part only.
     """
 
-    def __init__(self, module: nn.ConvTranspose1d) -> None:
+    def __init__(self, module: nn.ConvTranspose1d, key: str = "") -> None:
         if module.dilation[0] != 1 or module.groups != 1:
             raise ValueError("streaming transposed conv supports dilation 1 and groups 1 only")
         self.module = module
+        self.key = key
         self.kernel = module.kernel_size[0]
         self.stride = module.stride[0]
         self.padding = module.padding[0]
         self.output_padding = module.output_padding[0]
         self.blocks = -(-self.kernel // self.stride)  # stride-long blocks of the (zero-extended) kernel
         self.tail = (self.blocks - 1) * self.stride
-        self.state_index = -1
         self._matrix: tuple[tuple, torch.Tensor] | None = None
 
-    def bind(self, in_offset, in_rate, states):
+    def bind(self, in_offset, in_rate, spec_in, states):
         self.in_offset, self.in_rate = in_offset, in_rate
         self.out_offset = in_offset * self.stride - self.padding
         self.out_rate = in_rate * self.stride
+        self.spec_in = spec_in
+        self.spec_out = self._spec(self._len, in_offset, in_rate, spec_in)
         if self.tail:
-            self.state_index = len(states)
-            states.append(torch.zeros(self.module.out_channels, self.tail))
-        return self.out_offset, self.out_rate
+            states[self.key] = torch.zeros(self.module.out_channels, self.tail)
+        return self.out_offset, self.out_rate, self.spec_out
+
+    def _len(self, n: int) -> int:
+        return (n - 1) * self.stride - 2 * self.padding + self.kernel + self.output_padding if n > 0 else 0
 
     def out_len(self, n):
         full = (n - 1) * self.stride - 2 * self.padding + self.kernel + self.output_padding
-        return np.where(n > 0, full, 0)
+        return torch.where(n > 0, full, torch.zeros_like(full))
 
     def matrix(self) -> torch.Tensor:
         """The kernel as (C_in, C_out * blocks * stride), zero-extended to whole blocks (cached)."""
         w = self.module.weight
-        key = (w.data_ptr(), w.dtype, w.device, w._version)
+        key = (w.data_ptr(), w.dtype, w.device)
         if self._matrix is None or self._matrix[0] != key:
-            ext = F.pad(w, (0, self.blocks * self.stride - self.kernel))
+            ext = F.pad(w.detach(), (0, self.blocks * self.stride - self.kernel))
             self._matrix = (key, ext.reshape(w.shape[0], -1).contiguous())
         return self._matrix[1]
 
-    def step(self, x, end, ctx):
-        b, _, n_in = x.shape
-        s, c_out = self.stride, self.module.out_channels
-        # inputs past every row's end are zeros: skip them
-        live = live_outputs(ctx, self.in_offset, self.in_rate, n_in, end)
-        taps = (x[..., :live].transpose(1, 2) @ self.matrix()).view(b, live, c_out, self.blocks, s)
-        y = self._overlap(taps, n_in)
+    def step(self, x, n, state, new, st):
+        s, c_out, m = self.stride, self.module.out_channels, self.blocks
+        k_in = st.frames * self.in_rate
+        n_out = self._n_out(st)
+        # speculative inputs that can reach the emitted outputs (the rest would only feed the tail)
+        n_in = min(x.shape[-1], k_in + (-(-self.spec_out // s) if st.speculate else 0))
+        taps = (x[..., :n_in].transpose(1, 2) @ self.matrix()).view(x.shape[0], n_in, c_out, m, s)
+        y = self._overlap(taps[:, :k_in])  # (b, C, (k_in + m - 1) * s)
         if self.tail:
-            tail = ctx.states[self.state_index]
-            if ctx.adv is None:
-                kept = y
-            else:  # the kept tail holds committed inputs only; uncommitted ones still count for the output
-                committed = np.arange(live)[None, :] < (ctx.adv * self.in_rate)[:, None]
-                kept = self._overlap(
-                    taps * torch.from_numpy(committed).to(taps)[:, :, None, None, None], n_in
-                )
-            kept = torch.cat([kept[..., : self.tail] + tail, kept[..., self.tail :]], dim=-1)
-            ctx.new_states[self.state_index] = advance(kept, ctx, self.out_rate, self.tail)
-            y = torch.cat([y[..., : self.tail] + tail, y[..., self.tail :]], dim=-1)
-        out = y[..., : n_in * s]
+            y = torch.cat([y[..., : self.tail] + state[self.key], y[..., self.tail :]], dim=-1)
+            new[self.key] = y[..., k_in * s : k_in * s + self.tail]
+        if n_in > k_in:
+            spec = self._overlap(taps[:, k_in:])  # times from k_in * s on
+            y = torch.cat(
+                [y[..., : k_in * s], y[..., k_in * s :] + spec[..., : self.tail], spec[..., self.tail :]], -1
+            )
+        y = y[..., :n_out]
+        if y.shape[-1] < n_out:
+            y = F.pad(y, (0, n_out - y.shape[-1]))
         if self.module.bias is not None:
-            out = out + self.module.bias[:, None]
-        if end is not None:
-            end = self.out_len(end)
-        return self._mask(out, end, ctx), end
+            y = y + self.module.bias[:, None]
+        n = self.out_len(n)
+        return self._mask(y, n, st), n
 
-    def _overlap(self, taps: torch.Tensor, n_in: int) -> torch.Tensor:
-        """(b, live, C, m, s) per-input kernel blocks -> (b, C, (n_in + m - 1) * s): output block j is the sum
-        over i of input j - i's block i."""
-        b, live, c_out, m, s = taps.shape
-        y = F.pad(taps[:, :, :, 0], (0, 0, 0, 0, 0, n_in - live + m - 1))
+    @staticmethod
+    def _overlap(taps: torch.Tensor) -> torch.Tensor:
+        """(b, n, C, m, s) per-input kernel blocks -> (b, C, (n + m - 1) * s): output block j is the sum over i
+        of input j - i's block i."""
+        b, n, c_out, m, s = taps.shape
+        y = F.pad(taps[:, :, :, 0], (0, 0, 0, 0, 0, m - 1))
         for i in range(1, m):
-            y = y + F.pad(taps[:, :, :, i], (0, 0, 0, 0, i, n_in - live + m - 1 - i))
-        return y.permute(0, 2, 1, 3).reshape(b, c_out, (n_in + m - 1) * s)
+            y = y + F.pad(taps[:, :, :, i], (0, 0, 0, 0, i, m - 1 - i))
+        return y.permute(0, 2, 1, 3).reshape(b, c_out, (n + m - 1) * s)
 
 
 class Delay(StreamNode):
     """Delays a signal by `delay` samples (the skip path of a residual unit)."""
 
-    def __init__(self, channels: int, delay: int) -> None:
+    def __init__(self, channels: int, delay: int, key: str = "") -> None:
         self.channels = channels
         self.delay = delay
-        self.state_index = -1
+        self.key = key
 
-    def bind(self, in_offset, in_rate, states):
+    def bind(self, in_offset, in_rate, spec_in, states):
         self.in_offset, self.in_rate, self.out_rate = in_offset, in_rate, in_rate
         self.out_offset = in_offset - self.delay
+        self.spec_out = spec_in + self.delay
         if self.delay:
-            self.state_index = len(states)
-            states.append(torch.zeros(self.channels, self.delay))
-        return self.out_offset, in_rate
+            states[self.key] = torch.zeros(self.channels, self.delay)
+        return self.out_offset, in_rate, self.spec_out
 
-    def step(self, x, end, ctx):
+    def step(self, x, n, state, new, st):
         if not self.delay:
-            return x, end
-        cat = torch.cat([ctx.states[self.state_index], x], dim=-1)
-        ctx.new_states[self.state_index] = advance(cat, ctx, self.in_rate, self.delay)
-        return cat[..., : x.shape[-1]], end
+            return x, n
+        cat = torch.cat([state[self.key], x], dim=-1)
+        k = st.frames * self.in_rate
+        new[self.key] = cat[..., k : k + self.delay]
+        return cat, n
 
 
 class Chain(StreamNode):
     """Nodes applied one after the other."""
 
-    def __init__(self, nodes: list[StreamNode]) -> None:
+    def __init__(self, nodes: list[StreamNode], key: str = "") -> None:
         self.children = nodes
+        self.key = key
 
-    def bind(self, in_offset, in_rate, states):
+    def bind(self, in_offset, in_rate, spec_in, states):
         self.in_offset, self.in_rate = in_offset, in_rate
-        offset, rate = in_offset, in_rate
+        offset, rate, spec = in_offset, in_rate, spec_in
         for node in self.children:
-            offset, rate = node.bind(offset, rate, states)
-        self.out_offset, self.out_rate = offset, rate
-        return offset, rate
+            offset, rate, spec = node.bind(offset, rate, spec, states)
+        self.out_offset, self.out_rate, self.spec_out = offset, rate, spec
+        return offset, rate, spec
 
     def out_len(self, n):
         for node in self.children:
             n = node.out_len(n)
         return n
 
-    def step(self, x, end, ctx):
+    def step(self, x, n, state, new, st):
         for node in self.children:
-            x, end = node.step(x, end, ctx)
-        return x, end
+            x, n = node.step(x, n, state, new, st)
+        return x, n
 
     def nodes(self):
         return [n for child in self.children for n in child.nodes()]
+
+    def constant(self, value):
+        for node in self.children:
+            value = node.constant(value)
+        return value
 
 
 class Residual(StreamNode):
     """`x + branch(x)` with `x` delayed by the branch's delay (aligned branches)."""
 
-    def __init__(self, branch: Chain, channels: int) -> None:
+    def __init__(self, branch: Chain, channels: int, key: str = "") -> None:
         self.branch = branch
-        self.skip = Delay(channels, 0)
+        self.key = key
+        self.skip = Delay(channels, 0, key=f"{key}.skip")
 
-    def bind(self, in_offset, in_rate, states):
+    def bind(self, in_offset, in_rate, spec_in, states):
         # bind the branch first to learn its delay, then the skip path with that delay
         self.in_offset, self.in_rate = in_offset, in_rate
-        offset, rate = self.branch.bind(in_offset, in_rate, states)
+        offset, rate, spec = self.branch.bind(in_offset, in_rate, spec_in, states)
         if rate != in_rate:
             raise ValueError("a residual branch must keep the sample rate")
         self.skip.delay = in_offset - offset
-        self.skip.bind(in_offset, in_rate, states)
-        self.out_offset, self.out_rate = offset, rate
-        return offset, rate
+        self.skip.bind(in_offset, in_rate, spec_in, states)
+        self.out_offset, self.out_rate, self.spec_out = offset, rate, spec
+        return offset, rate, spec
 
-    def step(self, x, end, ctx):
-        y, _ = self.branch.step(x, end, ctx)
-        skip, _ = self.skip.step(x, end, ctx)
-        return skip + y, end
+    def step(self, x, n, state, new, st):
+        y, _ = self.branch.step(x, n, state, new, st)
+        skip, _ = self.skip.step(x, n, state, new, st)
+        return skip[..., : y.shape[-1]] + y, n
 
     def nodes(self):
         return [self, *self.branch.nodes(), self.skip]
+
+
+# Module type -> streaming layer (key = the module's path). Residual units and chains are added by graph.py,
+# which reads them off the module's forward.
+STREAM_LAYERS: dict[type[nn.Module], Callable[[nn.Module, str], StreamNode]] = {
+    nn.Conv1d: lambda m, key: Conv(m, key),
+    nn.ConvTranspose1d: lambda m, key: ConvTranspose(m, key),
+}

@@ -13,20 +13,22 @@ from dataclasses import dataclass, fields, replace
 class StreamingOptions:
     """How far ahead the streaming encoder and decoder may look, and how the semantic branch is windowed.
 
-    Where a part may not wait for its whole receptive field, it computes its outputs as if the signal
-    ended where the input stops (the missing future is zeros, as offline at a real end), every
-    `..._block` frames from a copy of its state; the real state only ever takes real input.
+    The encoder moves in steps of `semantic_block` frames, the decoder in steps of `decoder_block` frames
+    (static shapes: every row of a batch moves by the same amount). Where a part may not wait for its whole
+    receptive field, each step also computes its outputs as if the signal ended where the input stops (the
+    missing future is zeros, as offline at a real end); the state only ever takes real input.
 
-    - `acoustic_lookahead`: frames after a block that the acoustic (DAC) encoder waits for before
-      emitting the block's latents. None = its whole receptive field (exact: 28 frames for 8-5-4-2 strides,
-      latents equal offline). The acoustic encoder uses the semantic block grid.
-    - `decoder_lookahead`: frames after a decoder block the decoder waits for before emitting the block's
-      samples. None = its whole receptive field (exact: output equals offline decode, all of frame t out
-      once frame t+10 is in).
-    - `decoder_block`: frames emitted together when `decoder_lookahead` is not None (cost: one
-      speculative run per block).
-    - `semantic_block`: frames computed per semantic-model (HuBERT/WavLM) call. Larger = cheaper, but the
-      first frame of a block waits for the whole block.
+    - `acoustic_lookahead`: frames after a frame that the acoustic (DAC) encoder waits for before
+      emitting its latent. None = its whole receptive field (exact: 28 frames for 8-5-4-2 strides,
+      latents equal offline).
+    - `decoder_lookahead`: frames after a frame the decoder waits for before emitting its samples. None =
+      its whole receptive field (exact: output equals offline decode, all of frame t out once frame t+10
+      is in).
+    - `decoder_block`: the decoder's step in frames (cost: one speculative tail per step when
+      `decoder_lookahead` is set).
+    - `semantic_block`: the encoder's step in frames: one semantic-model (HuBERT/WavLM) call and one
+      acoustic speculative tail per step. Larger = cheaper, but the first frame of a step waits for the
+      whole step.
     - `semantic_left_context`: frames before the block in the semantic model's window (cost, not latency).
     - `semantic_lookahead`: frames after the block in the window (latency).
     - `semantic_cache`: run the semantic transformer on the block + lookahead frames only; the left
@@ -64,32 +66,36 @@ class StreamingOptions:
 
 
 PRESETS: dict[str, StreamingOptions] = {
-    # Decoder exact (== offline decode), acoustic encoder exact (latent == offline); the semantic window as
-    # large as fits in the acoustic encoder's own 28 frames, so it adds no latency. 560 + 180 = 740 ms.
+    # Decoder exact (== offline decode), acoustic encoder exact (latent == offline): the encoder waits for the
+    # acoustic encoder's whole receptive field (28 frames), and the semantic lookahead fits inside it at no
+    # cost in latency. Steps of 5 frames with the key/value cache keep the transformer at 5.6x its offline
+    # cost (28 query frames per 5 new ones). (5 - 1 + 28) * 20 + 180 = 820 ms.
     "exact": StreamingOptions(
         acoustic_lookahead=None,
         decoder_lookahead=None,
-        semantic_block=10,
+        decoder_block=5,
+        semantic_block=5,
         semantic_left_context=100,
-        semantic_lookahead=19,
+        semantic_lookahead=23,
+        semantic_cache=True,
     ),
     # 300 ms: the decoder stays exact (180 ms; decoded audio == offline decode of the same codes) and the
-    # encoder gets 6 frames. Measured on random:full, blocks of 4 with 3 frames of lookahead agreed with
-    # offline as well as 2 + 5 and better than 6 + 1, at half the semantic-model cost of 2 + 5. The
-    # key/value cache runs the transformer on 7 frames per block instead of the whole window (117 -> 65
-    # GFLOP per audio second in all) for the same agreement (52-53 % on q1), and makes 50 frames of left
-    # context cost about as much as 24.
+    # encoder gets 3 + 3 frames in steps of 4 (80 ms). Measured on random:full, blocks of 4 with 3 frames of
+    # lookahead agreed with offline as well as 2 + 5 and better than 6 + 1, at half the semantic-model cost
+    # of 2 + 5. The key/value cache runs the transformer on 7 frames per step instead of the whole window,
+    # and makes 50 frames of left context cost about as much as 24.
     "balanced": StreamingOptions(
         acoustic_lookahead=3,
         decoder_lookahead=None,
+        decoder_block=4,
         semantic_block=4,
         semantic_left_context=50,
         semantic_lookahead=3,
         semantic_cache=True,
     ),
-    # 100 ms: encoder 3 frames (blocks of 2, 2 frames of lookahead), decoder 2 frames (one-frame blocks,
+    # 100 ms: encoder 3 frames (steps of 2, 2 frames of lookahead), decoder 2 frames (one-frame steps,
     # 2 frames of lookahead). The semantic model runs every 2 frames (on 4 frames, with the key/value
-    # cache) and the decoder drains every frame: real time needs a GPU.
+    # cache) and the decoder steps every frame.
     "low": StreamingOptions(
         acoustic_lookahead=2,
         decoder_lookahead=2,

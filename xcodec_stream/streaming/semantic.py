@@ -25,14 +25,13 @@ layer, a 128-frame positional conv, bidirectional attention). What is done inste
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from xcodec_stream.model.semantic import FeatureEncoder
 from xcodec_stream.streaming.graph import StreamGraph, chain_from_module
-from xcodec_stream.streaming.layers import Chain, Conv, Pointwise, StreamNode, valid_mask
+from xcodec_stream.streaming.layers import Chain, Conv, Pointwise, StreamNode, time_mask
 
 
 class _ChannelNorm(nn.Module):
@@ -54,60 +53,47 @@ class PrefixGroupNorm(StreamNode):
     depend on chunking.
     """
 
-    def __init__(self, norm: nn.GroupNorm) -> None:
+    def __init__(self, norm: nn.GroupNorm, key: str = "") -> None:
         if norm.num_groups != norm.num_channels:
             raise ValueError("streaming GroupNorm supports one group per channel only")
         self.norm = norm
+        self.key = key
         self.channels = norm.num_channels
-        self.state_index = -1
 
-    def bind(self, in_offset, in_rate, states):
+    def bind(self, in_offset, in_rate, spec_in, states):
         self.in_offset = self.out_offset = in_offset
         self.in_rate = self.out_rate = in_rate
-        self.state_index = len(states)
-        states.append(torch.zeros(self.channels + 1, 2, dtype=torch.float64))  # rows: channels + count
-        return in_offset, in_rate
+        self.spec_out = spec_in
+        states[self.key] = torch.zeros(self.channels + 1, 2, dtype=torch.float64)  # rows: channels + count
+        return in_offset, in_rate, spec_in
 
-    def step(self, x, end, ctx):
-        b, c, n = x.shape
-        state = ctx.states[self.state_index]  # (b, C + 1, 2): [:, :C] = (sum, sumsq), [:, C, 0] = count
-        xd = x.double()
-        if ctx.masking:
-            valid = valid_mask(ctx, self.out_offset, self.out_rate, n, end, x.device).double()
-            xd = xd * valid
-        else:
-            valid = xd.new_ones(b, 1, n)
-        sums = torch.cumsum(torch.cat([xd, xd * xd], dim=1), dim=-1)  # (b, 2C, n)
-        counts = torch.cumsum(valid, dim=-1)  # (b, 1, n)
-        total_sum = state[:, :c, 0:1] + sums[:, :c]
-        total_sq = state[:, :c, 1:2] + sums[:, c:]
-        total_n = (state[:, c:, 0:1] + counts).clamp(min=1.0)
-        mean = total_sum / total_n
-        var = (total_sq / total_n - mean * mean).clamp(min=0.0)
+    def step(self, x, n, state, new, st):
+        b, c, length = x.shape
+        old = state[self.key]  # (b, C + 1, 2): [:, :C] = (sum, sumsq), [:, C, 0] = count
+        valid = time_mask(self.out_offset + st.pos * self.out_rate, length, n).double()  # (b, 1, n)
+        xd = x.double() * valid
+        sums = torch.cumsum(torch.cat([xd, xd * xd, valid], dim=1), dim=-1)  # (b, 2C + 1, n)
+        start = torch.cat([old[:, :c, 0:1], old[:, :c, 1:2], old[:, c:, 0:1]], dim=1)  # (b, 2C + 1, 1)
+        run = start + sums
+        total_n = run[:, 2 * c :].clamp(min=1.0)
+        mean = run[:, :c] / total_n
+        var = (run[:, c : 2 * c] / total_n - mean * mean).clamp(min=0.0)
         rstd = torch.rsqrt(var + self.norm.eps)
         y = (x - mean.to(x.dtype)) * rstd.to(x.dtype)
         y = y * self.norm.weight[:, None] + self.norm.bias[:, None]
-        # new state: the totals where each row's committed input ends (index adv*rate - 1; 0 frames: old state)
-        full = torch.cat(
-            [
-                torch.cat([state[:, :c, 0:1], total_sum], dim=-1),
-                torch.cat([state[:, :c, 1:2], total_sq], dim=-1),
-            ],
-            dim=1,
-        )  # (b, 2C, n + 1)
-        cnt = torch.cat([state[:, c:, 0:1], state[:, c:, 0:1] + counts], dim=-1)  # (b, 1, n + 1)
-        at = np.full(b, n) if ctx.adv is None else ctx.adv * self.in_rate
-        pick = torch.from_numpy(at).to(x.device)[:, None, None]
-        new_sum = full.gather(-1, pick.expand(b, 2 * c, 1))  # (b, 2C, 1)
-        new_cnt = cnt.gather(-1, pick)  # (b, 1, 1)
-        new = torch.cat([torch.cat([new_sum[:, :c], new_sum[:, c:]], dim=-1), new_cnt.expand(b, 1, 2)], dim=1)
-        ctx.new_states[self.state_index] = new
-        if ctx.masking:
-            y = y * valid.to(y.dtype)
-        return y, end
+        # new state: the totals where the committed input ends
+        k = st.frames * self.in_rate
+        at = run[..., k - 1 : k] if k else start
+        new[self.key] = torch.cat(
+            [torch.cat([at[:, :c], at[:, c : 2 * c]], dim=-1), at[:, 2 * c :].expand(b, 1, 2)], dim=1
+        )
+        return y * valid.to(y.dtype), n
+
+    def constant(self, value):
+        return self.norm.bias.detach().float().clone()  # a constant channel normalises to 0 -> bias
 
 
-def feature_graph(fe: FeatureEncoder, pad: int, hop: int) -> StreamGraph:
+def feature_graph(fe: FeatureEncoder, pad: int, hop: int, prefix: str = "semantic.features") -> StreamGraph:
     """The conv feature encoder as a streaming graph over the raw waveform (padded by `pad` as offline).
 
     The layers start with a head start: their first outputs (computed from padding alone) are not emitted
@@ -116,13 +102,14 @@ def feature_graph(fe: FeatureEncoder, pad: int, hop: int) -> StreamGraph:
     """
     nodes: list[StreamNode] = []
     for i, layer in enumerate(fe.conv_layers):
-        nodes.append(Conv(layer.conv, padding=pad if i == 0 else 0, head=True))
+        key = f"{prefix}.conv_layers.{i}"
+        nodes.append(Conv(layer.conv, key=f"{key}.conv", padding=pad if i == 0 else 0, head=True))
         if layer.norm == "group":
-            nodes.append(PrefixGroupNorm(layer.layer_norm))
+            nodes.append(PrefixGroupNorm(layer.layer_norm, key=f"{key}.norm"))
         elif layer.norm == "layer":
-            nodes.append(Pointwise(_ChannelNorm(layer.layer_norm), zero_preserving=False))
-        nodes.append(Pointwise(layer.activation))
-    graph = StreamGraph(Chain(nodes), in_rate=hop)
+            nodes.append(Pointwise(_ChannelNorm(layer.layer_norm), key=f"{key}.norm", zero_preserving=False))
+        nodes.append(Pointwise(layer.activation, key=f"{key}.activation"))
+    graph = StreamGraph(Chain(nodes, key=prefix), in_rate=hop)
     _fill_head(graph)
     return graph
 
@@ -132,39 +119,32 @@ def _fill_head(graph: StreamGraph) -> None:
     """Initial buffers = the values the offline layers compute from padding alone (constants)."""
     value = torch.zeros(1)  # the waveform's zero padding
     for node in graph.chain.children:
-        if isinstance(node, Conv):
-            if node.buffer:
-                times = node.in_offset - node.buffer + torch.arange(node.buffer)
-                # times before 0 are padding of this layer's own input (zeros), later ones the head value
-                graph.templates[node.state_index] = value[:, None] * (times >= 0).to(value.dtype)[None, :]
-            w = node.module.weight.float()
-            x = value[None, :, None].expand(1, w.shape[1] * node.groups, node.span).contiguous()
-            bias = None if node.module.bias is None else node.module.bias.float()
-            value = F.conv1d(x, w, bias, dilation=node.dilation, groups=node.groups)[0, :, 0]
+        if isinstance(node, Conv) and node.buffer:
+            times = node.in_offset - node.buffer + torch.arange(node.buffer)
+            # times before 0 are padding of this layer's own input (zeros), later ones the head value
+            graph.templates[node.key] = value[:, None] * (times >= 0).to(value.dtype)[None, :]
         elif isinstance(node, PrefixGroupNorm):
             head = max(0, node.in_offset)  # outputs before the first emitted one, all equal to `value`
             tpl = torch.zeros(node.channels + 1, 2, dtype=torch.float64)
             tpl[: node.channels, 0] = head * value.double()
             tpl[: node.channels, 1] = head * value.double() ** 2
             tpl[node.channels, :] = head
-            graph.templates[node.state_index] = tpl
-            value = node.norm.bias.detach().float().clone()  # a constant channel normalises to 0 -> bias
-        elif isinstance(node, Pointwise):
-            value = node.module(value[None, :, None].to(next(node.module.parameters(), value).dtype))[
-                0, :, 0
-            ].float()
+            graph.templates[node.key] = tpl
+        value = node.constant(value)
 
 
 class SemanticStream:
-    """The semantic branch of one streaming encoder: graphs and window geometry; state lives in the caller's bank.
+    """The semantic branch of one streaming encoder, one static step at a time.
 
-    States (per row), in this order: conv-feature graph states, the feature ring (C_feat, ring) holding the
-    last `ring` feature frames, semantic-encoder graph states, with `cache` the key/value cache.
+    A step commits K frames of waveform (frames [pos, P), P = pos + K): their conv features join the
+    feature ring; the transformer runs over the window of the last `left + K + lookahead` feature frames
+    (with `cache`: the K + lookahead newest frames as queries, the left context's keys/values from the
+    cache); the semantic encoder turns the hidden states of frames [P - K - lookahead, P - lookahead) into
+    latents, the lookahead frames feeding its own lookahead speculatively. State keys: the feature graph's,
+    `semantic.feature_ring`, the semantic encoder's, `semantic.kv` (with the cache).
     """
 
-    def __init__(
-        self, model: nn.Module, block: int, left: int, lookahead: int, max_frames: int, cache: bool = False
-    ) -> None:
+    def __init__(self, model: nn.Module, block: int, left: int, lookahead: int, cache: bool = False) -> None:
         if block < 1 or left < 0 or lookahead < 0:
             raise ValueError(
                 f"semantic block must be >= 1 and context/lookahead >= 0, got {block}, {left}, {lookahead}"
@@ -173,40 +153,27 @@ class SemanticStream:
         sm = model.semantic_model
         self.block, self.left, self.lookahead = block, left, lookahead
         self.window = left + block + lookahead
-        self.features = feature_graph(sm.feature_extractor, model.pad, model.hop_length)
+        self.features = feature_graph(sm.feature_extractor, model.pad, model.hop_length, "semantic.features")
         if self.features.delay != 0:
             raise ValueError(f"conv features lag by {self.features.delay} frames; expected 0")
         self.feat_channels = sm.feature_extractor.conv_layers[-1].conv.out_channels
-        self.se = StreamGraph(chain_from_module(model.encoder_semantic), in_rate=1)
-        self.ring = self.window + max_frames
-        self.n_feat_states = len(self.features.templates)
-        self.templates = [
-            *self.features.templates,
-            torch.zeros(self.feat_channels, self.ring),
-            *self.se.templates,
-        ]
+        self.se = StreamGraph(
+            chain_from_module(model.encoder_semantic, "semantic.encoder"), 1, spec_in=lookahead
+        )
+        self.templates: dict[str, torch.Tensor] = {
+            **self.features.templates,
+            "semantic.feature_ring": torch.zeros(self.feat_channels, self.window - block),
+            **self.se.templates,
+        }
         # Emformer-style cache of the last `left` committed frames' keys and values per layer, (L, 2, left, H).
         # K/V rather than layer inputs: re-projecting cached inputs costs 2 * left projections per layer,
         # more than all 4 * (block + lookahead) of the new frames once left > 2 * (block + lookahead); the
-        # price is twice the memory. Frames before the signal's start are masked by position (no validity).
+        # price is twice the memory. Frames before the signal's start are masked by position.
         self.cache = cache and left > 0
         self.cached_queries = cache
         if self.cache:
             cfg = sm.config
-            self.templates.append(torch.zeros(cfg.num_hidden_layers, 2, left, cfg.hidden_size))
-
-    @property
-    def ring_index(self) -> int:
-        return self.n_feat_states
-
-    @property
-    def se_slice(self) -> slice:
-        return slice(self.n_feat_states + 1, self.n_feat_states + 1 + len(self.se.templates))
-
-    @property
-    def cache_index(self) -> int:
-        """Index of the key/value cache in `templates` (only with `cache` and left > 0)."""
-        return self.n_feat_states + 1 + len(self.se.templates)
+            self.templates["semantic.kv"] = torch.zeros(cfg.num_hidden_layers, 2, left, cfg.hidden_size)
 
     @property
     def frames_per_block(self) -> int:
@@ -214,8 +181,36 @@ class SemanticStream:
         return self.block + self.lookahead if self.cached_queries else self.window
 
     def latency_frames(self) -> int:
-        """Frames after the end of frame t before its semantic latent can be out (worst case in a block)."""
+        """Frames after the end of frame t before its semantic latent can be out (worst case in a step)."""
         return self.block - 1 + self.lookahead
+
+    def step(
+        self, x: torch.Tensor, state: dict[str, torch.Tensor], new: dict[str, torch.Tensor], pos, end
+    ) -> torch.Tensor:
+        """x (b, K * hop) the committed waveform; writes the new state into `new`. Returns the latents of
+        frames [P - K - lookahead, P - lookahead), (b, C_sem, K)."""
+        K, S, W = self.block, self.lookahead, self.window
+        feats, f_new = self.features.step(x[:, None], state, pos, end, frames=K)
+        new.update(f_new)
+        window = torch.cat([state["semantic.feature_ring"], feats], dim=-1)  # frames [P - W, P)
+        new["semantic.feature_ring"] = window[..., K:]
+        p = pos + K
+        stop = torch.minimum(p, end)  # the signal is taken to end where the input stops
+        valid = time_mask(p - W, W, stop)[:, 0]  # (b, W)
+        feats_t = window.transpose(1, 2)
+        if self.cached_queries:
+            h0 = self.embed_new(feats_t, valid)
+            kv = state["semantic.kv"] if self.cache else None
+            hidden, kv_new = self.cached_hidden(h0, valid, kv)  # (b, K + S, H)
+            if self.cache:
+                new["semantic.kv"] = torch.cat([kv, kv_new[:, :, :, :K]], dim=3)[:, :, :, -self.left :]
+        else:
+            hidden = self.window_hidden(feats_t, valid)[:, self.left :]
+        se_in = (hidden * valid[:, self.left :, None].to(hidden.dtype)).transpose(1, 2)
+        y, se_new = self.se.step(se_in, state, p - K - S, stop, frames=K, speculate=True)
+        new.update(se_new)
+        d = self.se.delay
+        return y[..., d : d + K]
 
     def window_hidden(self, feats: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """(n_w, W, C_feat) cached conv features, (n_w, W) bool -> (n_w, W, H): mean of all hidden states."""
@@ -260,20 +255,6 @@ class SemanticStream:
             h = layer(h, bias, valid, past=past, new_kv=new_kv)
             hidden.append(h)
         return torch.stack(hidden, dim=1).mean(dim=1), torch.stack(new_kv, dim=1)
-
-    def encode_block(
-        self, hidden: torch.Tensor, states: list[torch.Tensor], start: np.ndarray, end: np.ndarray
-    ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
-        """Semantic encoder over one block per row.
-
-        `hidden` (n, H, block + delay): the block's features, then the encoder's `delay` lookahead frames
-        (zero where the window has none); `start` (n,) the block's first frame; `end` (n,) where the signal
-        is taken to end (the window's end, or the real end). Commits the block only; returns the block's
-        latents (n, H', block) and the new states."""
-        d = self.se.delay
-        adv = np.full(len(start), self.block) if d else None
-        y, new = self.se.step(hidden, states, start, adv=adv, end=end)
-        return y[..., d : d + self.block], new
 
 
 __all__ = ["PrefixGroupNorm", "SemanticStream", "feature_graph"]

@@ -1,8 +1,17 @@
-"""Slot bookkeeping shared by the streaming encoder and decoder: counters per row, slot checks, sub-calls."""
+"""Slots shared by the streaming encoder and decoder: per-row counters, buckets, the (compiled) static step.
+
+Every step of an engine moves each of its rows by the same `K` frames (the preset's step), so the step
+function has static shapes: a batch of `bucket` rows (1, 2, 4, 8, ... up to the capacity), padded with a
+scratch row of the state bank, and nothing else that changes from call to call. That is what lets it be
+compiled (inductor) or captured (CUDA graphs, `torch.compile(mode="reduce-overhead")`), one graph per
+bucket size. Rows at different stream positions, starting or ending, share one step: the step's masks
+come from the per-row `pos` / `end` tensors.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+import logging
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
 import numpy as np
@@ -11,16 +20,38 @@ import torch
 from xcodec_stream.streaming.layers import OPEN_END
 from xcodec_stream.streaming.state import StateBank
 
-# Frames one internal call advances a row by at most: bounds the work (and memory) of one forward pass;
-# a longer chunk is split into several calls (the result does not depend on the split).
-MAX_FRAMES_PER_CALL = 50
+log = logging.getLogger("xcodec_stream.streaming")
+
+COMPILE_MODES = ("eager", "compile", "cuda-graphs")
+
+
+def bucket_size(n: int, capacity: int) -> int:
+    """The batch a step of `n` rows runs at: the next power of two, at most the capacity."""
+    b = 1
+    while b < n:
+        b *= 2
+    return min(b, capacity)
+
+
+def resolve_compile(mode: str | bool, device: torch.device) -> str:
+    """'auto' / True: CUDA graphs on a GPU, inductor elsewhere; False: eager."""
+    if mode is True or mode == "auto":
+        return "cuda-graphs" if device.type == "cuda" else "compile"
+    if mode is False or mode is None:
+        return "eager"
+    if mode not in COMPILE_MODES:
+        raise ValueError(f"compile must be one of auto, {', '.join(COMPILE_MODES)}; got {mode!r}")
+    if mode == "cuda-graphs" and device.type != "cuda":
+        raise ValueError("compile='cuda-graphs' needs a CUDA device")
+    return mode
 
 
 class SlotEngine:
     """Rows of a fixed-capacity batch, one per session ("slot"), with host-side counters.
 
-    Counters (numpy int64, one entry per row): `pos` frames committed, `end` the row's length in frames
-    once flushed (OPEN_END before), `finished` after a flush until the slot is reset.
+    Counters (numpy int64, one entry per row): `pos` frames committed (negative while a row's lead runs),
+    `end` the row's length in frames once flushed (OPEN_END before), `finished` after a flush until reset.
+    Subclasses define `_core(inputs..., state, pos, end) -> (outputs, new_state)`: the static step.
     """
 
     kind = "engine"
@@ -31,8 +62,10 @@ class SlotEngine:
     # the rest of a batch after an out-of-memory error).
     atomic_steps = True
 
-    def __init__(self, model: torch.nn.Module, batch_size: int) -> None:
-        if not isinstance(batch_size, int) or batch_size < 1:
+    def __init__(
+        self, model: torch.nn.Module, batch_size: int, step_frames: int, compile: str | bool
+    ) -> None:
+        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
         self.model = model
         self.batch_size = batch_size
@@ -40,9 +73,13 @@ class SlotEngine:
         self.dtype = model.dtype
         self.frame_size = model.hop_length
         self.sample_rate = model.sample_rate
+        self.step_frames = step_frames
         self.pos = np.zeros(batch_size, dtype=np.int64)
         self.end = np.full(batch_size, OPEN_END, dtype=np.int64)
         self.finished = np.zeros(batch_size, dtype=bool)
+        self.compile_mode = resolve_compile(compile, self.device)
+        self._step_fn: Callable | None = None
+        self.steps = 0  # static steps run (all rows of a bucket count once)
         self.bank: StateBank
 
     # ---- slots ------------------------------------------------------------------------------------
@@ -59,12 +96,6 @@ class SlotEngine:
         for s in slots:
             if self.finished[s]:
                 raise ValueError(f"slot {s} was flushed (its stream ended); reset({s}) starts a new one")
-
-    def _rows_tensor(self, rows: np.ndarray) -> torch.Tensor | None:
-        """None when `rows` is every row in order (no gather/scatter needed)."""
-        if len(rows) == self.batch_size and np.array_equal(rows, np.arange(self.batch_size)):
-            return None
-        return torch.from_numpy(rows).to(self.device)
 
     @torch.inference_mode()  # the states are inference tensors once a step ran
     def reset(self, slot: int | None = None) -> None:
@@ -84,26 +115,33 @@ class SlotEngine:
     def atomic(self, slots: Iterable[int]) -> Iterator[None]:
         """Everything inside runs all or nothing for `slots`: if it raises, their state (bank rows and host
         counters) goes back to what it was on entry, so the same input can be given again. Costs one copy of
-        those rows' state (5.3 MB a session for the full model at `balanced`)."""
+        those rows' state."""
         rows = np.array(sorted({self._slot(s) for s in slots}), dtype=np.int64)
         with torch.inference_mode():  # the bank holds inference tensors once a step ran
             rows_t = torch.from_numpy(rows).to(self.device)
-            saved_bank = self.bank.take(rows_t) if len(rows) else []
+            saved_bank = self.bank.gather(rows_t) if len(rows) else {}
             saved = {}
             for name in self.row_fields:
                 value = getattr(self, name)
-                saved[name] = (
-                    value[torch.from_numpy(rows)].clone() if torch.is_tensor(value) else value[rows].copy()
-                )
+                if isinstance(value, list):
+                    saved[name] = [value[r] for r in rows]
+                elif torch.is_tensor(value):
+                    saved[name] = value[torch.from_numpy(rows)].clone()
+                else:
+                    saved[name] = value[rows].copy()
         try:
             yield
         except BaseException:
             with torch.inference_mode():
                 if len(rows):
-                    self.bank.put(rows_t, saved_bank)
+                    self.bank.scatter(rows_t, saved_bank)
                 for name, value in saved.items():
                     target = getattr(self, name)
-                    target[torch.from_numpy(rows) if torch.is_tensor(target) else rows] = value
+                    if isinstance(target, list):
+                        for r, v in zip(rows, value, strict=True):
+                            target[r] = v
+                    else:
+                        target[torch.from_numpy(rows) if torch.is_tensor(target) else rows] = value
             raise
 
     def _reset_rows(self, rows: np.ndarray) -> None:
@@ -113,35 +151,52 @@ class SlotEngine:
         """Bytes held by per-session state (constant while streams run)."""
         return self.bank.nbytes()
 
-    def _segments(
-        self, rows: np.ndarray, frames: np.ndarray, grid: tuple[int, int] | None = None, force: bool = False
-    ) -> Iterable[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-        """Split per-row frame counts into internal calls: yields (selected rows mask, per-row offset into the
-        input, per-row frames to commit). At most MAX_FRAMES_PER_CALL frames per call; with `grid` =
-        (block, lookahead), a call also stops at each row's next cut `(k + 1) * block + lookahead`, so that
-        a speculative block starts from the state at its cut. `force`: one call even if nothing advances
-        (a flush). Reads `self.pos` at each step: the caller commits between steps."""
-        remaining = frames.astype(np.int64).copy()
-        offset = np.zeros_like(remaining)
-        first = True
-        while remaining.any() or (force and first):
-            adv = np.minimum(remaining, MAX_FRAMES_PER_CALL)
-            if grid is not None:
-                block, ahead = grid
-                pos = self.pos[rows]
-                nxt = np.maximum(block + ahead, ((pos - ahead) // block + 1) * block + ahead)
-                adv = np.minimum(adv, nxt - pos)
-            sel = np.ones(len(rows), dtype=bool) if (force and first) else adv > 0
-            yield sel, offset.copy(), adv
-            offset += adv
-            remaining -= adv
-            first = False
+    # ---- the static step ------------------------------------------------------------------------------
+    def _core(self, *args: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        raise NotImplementedError
+
+    def step_function(self) -> Callable:
+        """The step, compiled on first use when asked for (one graph per bucket size)."""
+        if self._step_fn is None:
+            if self.compile_mode == "eager":
+                self._step_fn = self._core
+            else:
+                import torch._dynamo
+
+                # one graph per bucket size and per engine: allow them all
+                torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+                mode = "reduce-overhead" if self.compile_mode == "cuda-graphs" else None
+                self._step_fn = torch.compile(self._core, dynamic=False, fullgraph=True, mode=mode)
+        return self._step_fn
+
+    def _run(self, rows: np.ndarray, inputs: list[torch.Tensor], end: np.ndarray) -> torch.Tensor:
+        """One static step for `rows` (sorted): inputs (n, ...) each; `end` (n,) where each row's signal is
+        taken to end. Commits K frames to every row; returns the step's output for the n rows."""
+        n = len(rows)
+        b = bucket_size(n, self.batch_size)
+        pos = self.pos[rows]
+        if b == n == self.batch_size:
+            idx = None  # every slot in order: the bank's own rows, no gather/scatter copies
+        else:
+            idx = torch.from_numpy(np.concatenate([rows, np.full(b - n, self.bank.scratch)])).to(self.device)
+        if b > n:
+            inputs = [torch.cat([x, x.new_zeros(b - n, *x.shape[1:])]) for x in inputs]
+            pos = np.concatenate([pos, np.zeros(b - n, np.int64)])
+            end = np.concatenate([end, np.zeros(b - n, np.int64)])  # padding rows: an empty signal
+        state = self.bank.gather(idx) if idx is not None else {k: t[:b] for k, t in self.bank.tensors.items()}
+        pos_t = torch.from_numpy(pos).to(self.device)
+        end_t = torch.from_numpy(np.ascontiguousarray(end)).to(self.device)
+        out, new = self.step_function()(*inputs, state, pos_t, end_t)
+        if idx is None:
+            for k, t in self.bank.tensors.items():
+                t[:b].copy_(new[k])
+        else:
+            self.bank.scatter(idx, new)
+        self.pos[rows] += self.step_frames
+        self.steps += 1
+        return out[:n]
 
 
-def take_frames(x: torch.Tensor, offset: np.ndarray, count: int) -> torch.Tensor:
-    """x (n, ..., F) -> (n, ..., count): frames offset[i] .. offset[i] + count of each row (clipped at F)."""
-    if count == 0:
-        return x[..., :0]
-    idx = np.clip(offset[:, None] + np.arange(count)[None, :], 0, max(x.shape[-1] - 1, 0))
-    idx_t = torch.from_numpy(idx).view(x.shape[0], *([1] * (x.dim() - 2)), count).expand(*x.shape[:-1], count)
-    return x.gather(-1, idx_t)
+def cat_pending(parts: list[torch.Tensor], width: int) -> torch.Tensor:
+    """Concatenate per-row pending input along its last axis (an empty list: width-0 tensor)."""
+    return torch.cat(parts, dim=-1) if parts else torch.zeros(width)
