@@ -79,6 +79,10 @@ class StreamingDecoder(SlotEngine):
         sends codes off the grid also waits for the step to fill, up to K - 1 frames)."""
         return 1000.0 * (self.lag_samples // self.frame_size) * self.frame_size / self.sample_rate
 
+    @property
+    def warmup(self) -> int:
+        return self.graph.warmup
+
     def _reset_rows(self, rows: np.ndarray) -> None:
         for r in rows:
             self.pending[r] = self._no_codes()
@@ -218,6 +222,7 @@ class StreamingDecoder(SlotEngine):
         state: dict[str, torch.Tensor],
         pos: torch.Tensor,
         end: torch.Tensor,
+        masking: bool = True,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The static step: codes (b, Q, K), n_q (b, K) -> samples (b, K * hop) from time pos*hop - lag."""
         K, hop = self.step_frames, self.frame_size
@@ -228,11 +233,12 @@ class StreamingDecoder(SlotEngine):
             total = e if total is None else total + e
         latent = self.model.fc2(total).transpose(1, 2)  # (b, C, K)
         # outside the signal the decoder's input is zero (offline zero padding), not fc2's bias
-        latent = latent * time_mask(pos, K, end).to(latent.dtype)
+        if masking:
+            latent = latent * time_mask(pos, K, end).to(latent.dtype)
         if self.speculative:
             p = torch.minimum(pos + K, end)
-            y, new = self.graph.step(latent, state, pos, p, frames=K, speculate=True)
+            y, new = self.graph.step(latent, state, pos, p, frames=K, speculate=True, masking=masking)
         else:
-            y, new = self.graph.step(latent, state, pos, end, frames=K)
+            y, new = self.graph.step(latent, state, pos, end, frames=K, masking=masking)
         first = self.graph.delay - self.lag_samples  # output j has time pos * hop - delay + j
         return y[:, 0, first : first + K * hop], new

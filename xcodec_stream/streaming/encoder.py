@@ -228,23 +228,31 @@ class StreamingEncoder(SlotEngine):
         hi = np.clip(end - first, lo, self.step_frames)
         return [codes[i, :, lo[i] : hi[i]] for i in range(len(rows))]
 
+    @property
+    def warmup(self) -> int:
+        return max(self.acoustic.warmup, self.semantic.warmup)
+
     def _core(
-        self, x: torch.Tensor, state: dict[str, torch.Tensor], pos: torch.Tensor, end: torch.Tensor
+        self,
+        x: torch.Tensor,
+        state: dict[str, torch.Tensor],
+        pos: torch.Tensor,
+        end: torch.Tensor,
+        masking: bool = True,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The static step: x (b, K * hop) -> codes (b, max_n_q, K) of frames [P - K - L, P - L), new state."""
         K = self.step_frames
         new: dict[str, torch.Tensor] = {}
         p = pos + K
         if self.speculative:  # the signal taken to end where the input stops: the acoustic lookahead's guess
-            y, a_new = self.acoustic.step(
-                x[:, None], state, pos, torch.minimum(p, end), frames=K, speculate=True
-            )
+            stop = torch.minimum(p, end)
+            y, a_new = self.acoustic.step(x[:, None], state, pos, stop, frames=K, speculate=True, masking=masking)
         else:
-            y, a_new = self.acoustic.step(x[:, None], state, pos, end, frames=K)
+            y, a_new = self.acoustic.step(x[:, None], state, pos, end, frames=K, masking=masking)
         new.update(a_new)
         first = self.acoustic.delay - self.acoustic_lag  # output j has frame time pos - delay + j
         lat_a = self._wait(y[..., first : first + K], state, new, "ring.acoustic")
-        lat_s = self._wait(self.semantic.step(x, state, new, pos, end), state, new, "ring.semantic")
+        lat_s = self._wait(self.semantic.step(x, state, new, pos, end, masking), state, new, "ring.semantic")
         emb = self.model.encode_latent(lat_a, lat_s)
         return self.model.quantize(emb, self.max_n_q), new
 

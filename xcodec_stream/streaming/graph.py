@@ -129,6 +129,11 @@ class StreamGraph:
         self.out_rate = rate
         self.delay = -offset
         self.spec_out = spec
+        # frames after which no node emits an output before time 0 any more
+        self.warmup = max([0] + [-(n.out_offset // n.out_rate) for n in chain.nodes() if n.out_offset < 0])
+        for node in chain.nodes():  # kernels as matrices, computed now (not inside a compiled step)
+            if hasattr(node, "matrix"):
+                node.matrix()
         keys = [n.key for n in chain.nodes() if n.key in templates]
         if len(set(keys)) != len(keys):
             raise ValueError("two streaming layers share a state key")
@@ -148,14 +153,16 @@ class StreamGraph:
         end: torch.Tensor,
         frames: int | None = None,
         speculate: bool = False,
+        masking: bool = True,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Feed `x` (b, C, K * in_rate [+ speculative samples]) to rows whose state is `state`; every row
         commits `frames` (default: all of x) frames. Returns (b, C', K * out_rate [+ spec_out]) and the new
         state (every key). `pos` (b,) int64 frames each row committed before; `end` (b,) int64 each row's
         signal length in frames (OPEN_END while open; when speculating, where the signal is taken to end).
-        Output j of row i has time `pos[i] * out_rate - delay + j`."""
+        Output j of row i has time `pos[i] * out_rate - delay + j`. `masking=False` skips the start/end masks
+        (allowed once every row is at least `warmup` frames in and none has ended)."""
         k = x.shape[-1] // self.in_rate if frames is None else frames
-        st = Step(frames=k, pos=pos, speculate=speculate)
+        st = Step(frames=k, pos=pos, speculate=speculate, masking=masking)
         new: dict[str, torch.Tensor] = {}
         y, _ = self.chain.step(x, end * self.in_rate, state, new, st)
         return y, new

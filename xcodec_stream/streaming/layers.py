@@ -53,6 +53,9 @@ class Step:
     """int64 frames each row committed before this call (may be negative: a row that starts with a lead)."""
     speculate: bool = False
     """Also compute the outputs past the committed ones, the signal taken to end at `end`."""
+    masking: bool = True
+    """False when no row is within its warm-up (outputs before time 0) or past a real end: the masks are all
+    ones then (a speculative tail has exactly the outputs that can be non-zero), so they are skipped."""
 
 
 def time_mask(t0: torch.Tensor, n: int, length: torch.Tensor) -> torch.Tensor:
@@ -100,6 +103,8 @@ class StreamNode:
         return st.frames * self.out_rate + (self.spec_out if st.speculate else 0)
 
     def _mask(self, y: torch.Tensor, n_len: torch.Tensor, st: Step) -> torch.Tensor:
+        if not st.masking:
+            return y
         t0 = self.out_offset + st.pos * self.out_rate
         return y * time_mask(t0, y.shape[-1], n_len).to(y.dtype)
 
@@ -169,6 +174,8 @@ class Conv(StreamNode):
         """The kernel as (k * C_in, C_out) for the im2col path (cached per weight tensor: weights are not
         changed in place at inference; `load_state_dict` replaces data, which changes the pointer)."""
         w = self.module.weight
+        if torch.compiler.is_compiling() and self._matrix is not None:
+            return self._matrix[1]  # prepared eagerly (`StreamGraph` does); a traced step reads it as is
         key = (w.data_ptr(), w.dtype, w.device)
         if self._matrix is None or self._matrix[0] != key:
             self._matrix = (key, w.detach().permute(2, 1, 0).reshape(-1, w.shape[0]).contiguous())
@@ -206,6 +213,8 @@ class Conv(StreamNode):
         if cat.shape[-1] < need:  # speculative outputs read the offline zero padding past the end
             cat = F.pad(cat, (0, need - cat.shape[-1]))
         y = self._conv(cat[..., :need], n_out)
+        if not st.masking:  # lengths only matter to the masks
+            return y, n
         n = self.out_len(n)
         return self._mask(y, n, st), n
 
@@ -280,6 +289,8 @@ class ConvTranspose(StreamNode):
     def matrix(self) -> torch.Tensor:
         """The kernel as (C_in, C_out * blocks * stride), zero-extended to whole blocks (cached)."""
         w = self.module.weight
+        if torch.compiler.is_compiling() and self._matrix is not None:
+            return self._matrix[1]  # prepared eagerly (`StreamGraph` does); a traced step reads it as is
         key = (w.data_ptr(), w.dtype, w.device)
         if self._matrix is None or self._matrix[0] != key:
             ext = F.pad(w.detach(), (0, self.blocks * self.stride - self.kernel))
@@ -307,6 +318,8 @@ class ConvTranspose(StreamNode):
             y = F.pad(y, (0, n_out - y.shape[-1]))
         if self.module.bias is not None:
             y = y + self.module.bias[:, None]
+        if not st.masking:  # lengths only matter to the masks
+            return y, n
         n = self.out_len(n)
         return self._mask(y, n, st), n
 

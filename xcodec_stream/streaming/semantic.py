@@ -70,8 +70,12 @@ class PrefixGroupNorm(StreamNode):
     def step(self, x, n, state, new, st):
         b, c, length = x.shape
         old = state[self.key]  # (b, C + 1, 2): [:, :C] = (sum, sumsq), [:, C, 0] = count
-        valid = time_mask(self.out_offset + st.pos * self.out_rate, length, n).double()  # (b, 1, n)
-        xd = x.double() * valid
+        if st.masking:
+            valid = time_mask(self.out_offset + st.pos * self.out_rate, length, n).double()  # (b, 1, n)
+            xd = x.double() * valid
+        else:
+            valid = x.new_ones((), dtype=torch.float64).expand(b, 1, length)
+            xd = x.double()
         sums = torch.cumsum(torch.cat([xd, xd * xd, valid], dim=1), dim=-1)  # (b, 2C + 1, n)
         start = torch.cat([old[:, :c, 0:1], old[:, :c, 1:2], old[:, c:, 0:1]], dim=1)  # (b, 2C + 1, 1)
         run = start + sums
@@ -87,7 +91,7 @@ class PrefixGroupNorm(StreamNode):
         new[self.key] = torch.cat(
             [torch.cat([at[:, :c], at[:, c : 2 * c]], dim=-1), at[:, 2 * c :].expand(b, 1, 2)], dim=1
         )
-        return y * valid.to(y.dtype), n
+        return (y * valid.to(y.dtype) if st.masking else y), n
 
     def constant(self, value):
         return self.norm.bias.detach().float().clone()  # a constant channel normalises to 0 -> bias
@@ -184,13 +188,24 @@ class SemanticStream:
         """Frames after the end of frame t before its semantic latent can be out (worst case in a step)."""
         return self.block - 1 + self.lookahead
 
+    @property
+    def warmup(self) -> int:
+        """Frames after which the feature and semantic-encoder graphs need no start masks."""
+        return max(self.features.warmup, self.se.warmup + self.lookahead)
+
     def step(
-        self, x: torch.Tensor, state: dict[str, torch.Tensor], new: dict[str, torch.Tensor], pos, end
+        self,
+        x: torch.Tensor,
+        state: dict[str, torch.Tensor],
+        new: dict[str, torch.Tensor],
+        pos: torch.Tensor,
+        end: torch.Tensor,
+        masking: bool = True,
     ) -> torch.Tensor:
         """x (b, K * hop) the committed waveform; writes the new state into `new`. Returns the latents of
         frames [P - K - lookahead, P - lookahead), (b, C_sem, K)."""
         K, S, W = self.block, self.lookahead, self.window
-        feats, f_new = self.features.step(x[:, None], state, pos, end, frames=K)
+        feats, f_new = self.features.step(x[:, None], state, pos, end, frames=K, masking=masking)
         new.update(f_new)
         window = torch.cat([state["semantic.feature_ring"], feats], dim=-1)  # frames [P - W, P)
         new["semantic.feature_ring"] = window[..., K:]
@@ -207,7 +222,7 @@ class SemanticStream:
         else:
             hidden = self.window_hidden(feats_t, valid)[:, self.left :]
         se_in = (hidden * valid[:, self.left :, None].to(hidden.dtype)).transpose(1, 2)
-        y, se_new = self.se.step(se_in, state, p - K - S, stop, frames=K, speculate=True)
+        y, se_new = self.se.step(se_in, state, p - K - S, stop, frames=K, speculate=True, masking=masking)
         new.update(se_new)
         d = self.se.delay
         return y[..., d : d + K]

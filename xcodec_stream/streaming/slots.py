@@ -152,7 +152,12 @@ class SlotEngine:
         return self.bank.nbytes()
 
     # ---- the static step ------------------------------------------------------------------------------
-    def _core(self, *args: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    @property
+    def warmup(self) -> int:
+        """Frames a row must have committed before its steps need no start masks."""
+        raise NotImplementedError
+
+    def _core(self, *args: object) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 
     def step_function(self) -> Callable:
@@ -175,18 +180,21 @@ class SlotEngine:
         n = len(rows)
         b = bucket_size(n, self.batch_size)
         pos = self.pos[rows]
+        # masks only where a row is warming up or past its end (a static flag: one graph each way)
+        masking = bool(pos.min() < self.warmup or (end < OPEN_END).any())
         if b == n == self.batch_size:
             idx = None  # every slot in order: the bank's own rows, no gather/scatter copies
         else:
             idx = torch.from_numpy(np.concatenate([rows, np.full(b - n, self.bank.scratch)])).to(self.device)
         if b > n:
             inputs = [torch.cat([x, x.new_zeros(b - n, *x.shape[1:])]) for x in inputs]
-            pos = np.concatenate([pos, np.zeros(b - n, np.int64)])
-            end = np.concatenate([end, np.zeros(b - n, np.int64)])  # padding rows: an empty signal
+            # padding rows (scratch state, output dropped) copy the first row's position
+            pos = np.concatenate([pos, np.full(b - n, pos[0])])
+            end = np.concatenate([end, np.full(b - n, end[0])])
         state = self.bank.gather(idx) if idx is not None else {k: t[:b] for k, t in self.bank.tensors.items()}
         pos_t = torch.from_numpy(pos).to(self.device)
         end_t = torch.from_numpy(np.ascontiguousarray(end)).to(self.device)
-        out, new = self.step_function()(*inputs, state, pos_t, end_t)
+        out, new = self.step_function()(*inputs, state, pos_t, end_t, masking)
         if idx is None:
             for k, t in self.bank.tensors.items():
                 t[:b].copy_(new[k])
