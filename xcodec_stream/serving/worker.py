@@ -172,6 +172,16 @@ def n_q_for(model_config: Any, bandwidth: float | None) -> int:
     return int(model_config.num_quantizers)
 
 
+def _reset_decoder(dec: Any, slot: int, enc: Any | None) -> None:
+    """A fresh decoder session; fed by `enc`'s codes, it starts with the lead that makes its steps fall when
+    the codes arrive (no waiting for a step to fill)."""
+    lead_for = getattr(enc, "lead_for", None)
+    if lead_for is None:
+        dec.reset(slot)
+    else:
+        dec.reset(slot, lead=lead_for(dec.step_frames))
+
+
 def _all_or_nothing(engine: Any, slots: list[int]) -> AbstractContextManager:
     """The engine's `atomic(slots)` (a step + flush that raises leaves the slots as they were, so the rest of
     an out-of-memory batch can be retried), or nothing for engines without one."""
@@ -508,7 +518,7 @@ class Worker:
                 enc.reset(st.enc_slot)
                 enc.set_bandwidth(st.enc_slot, st.spec.bandwidth)
             if st.dec_slot is not None:
-                dec.reset(st.dec_slot)
+                _reset_decoder(dec, st.dec_slot, enc if st.spec.mode == "loopback" else None)
             enc_ms = float(enc.latency_ms) if st.spec.mode != "decode" else 0.0
             dec_ms = float(dec.latency_ms) if st.spec.mode != "encode" else 0.0
             if st.spec.mode == "publish":
@@ -682,7 +692,7 @@ class Worker:
                 c, slot = codes.get(st.sid), st.dec_slot
             elif st.spec.mode == "publish" and t.room_slot is not None:
                 if t.room_reset:  # from the take's snapshot: the flag is only ever cleared here
-                    dec.reset(t.room_slot)
+                    _reset_decoder(dec, t.room_slot, self._engines.enc[st.spec.preset])
                     with self._cond:
                         st.room_dec_reset = False
                 c, slot = codes.get(st.sid), t.room_slot

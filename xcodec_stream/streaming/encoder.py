@@ -115,6 +115,11 @@ class StreamingEncoder(SlotEngine):
         that starts `code_phase` frames early (`reset(slot, lead=...)`) steps exactly when they arrive."""
         return self.lag % self.step_frames
 
+    def lead_for(self, decoder_step: int) -> int:
+        """The decoder lead that makes a decoder of step `decoder_step` step exactly when this encoder's codes
+        arrive (possible when it divides this encoder's step; else 0: codes then wait for the step to fill)."""
+        return self.lag % decoder_step if self.step_frames % decoder_step == 0 else 0
+
     def set_bandwidth(self, slot: int, bandwidth: float | None) -> None:
         """Codes of `slot` keep the first n_q(bandwidth) quantizers (RVQ prefixes are exact)."""
         self.n_q_slot[self._slot(slot)] = self.model.num_quantizers_for_bandwidth(bandwidth)
