@@ -9,11 +9,10 @@ from hypothesis import strategies as st
 from torch import nn
 
 from tests.streaming.helpers import liven, run_graph, speculate
-from xcodec_stream.streaming.layers import OPEN_END
 from xcodec_stream.model.acoustic import AcousticDecoder, AcousticEncoder, DacResidualUnit
 from xcodec_stream.model.semantic_encoder import SemanticEncoder
 from xcodec_stream.streaming.graph import StreamGraph, chain_from_module
-from xcodec_stream.streaming.layers import Chain, Conv, ConvTranspose
+from xcodec_stream.streaming.layers import OPEN_END, Chain, Conv, ConvTranspose
 
 chunkings = st.lists(st.integers(min_value=0, max_value=9), min_size=0, max_size=12)
 
@@ -168,4 +167,6 @@ def test_speculative_outputs_equal_offline_on_the_signal_cut_there(which, cut):
         _, plain_state = graph.step(x[..., : cut * r], s0, pos, end)
     assert spec_state.keys() == plain_state.keys()
     for k in plain_state:
-        torch.testing.assert_close(spec_state[k], plain_state[k], atol=1e-12, rtol=0)  # same up to kernel choice
+        torch.testing.assert_close(
+            spec_state[k], plain_state[k], atol=1e-12, rtol=0
+        )  # same up to kernel choice

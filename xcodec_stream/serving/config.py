@@ -15,6 +15,9 @@ from .protocol import LATENCY_PRESETS
 DEFAULT_MODEL = "hf-audio/xcodec-hubert-librispeech"
 TOKENS_ENV = "XCODEC_STREAM_TOKENS"  # comma- or space-separated tokens, added to [auth] tokens
 LOG_FORMATS = ("text", "json")
+# How the worker runs the engines' step (xcodec_stream.streaming.slots): auto = CUDA graphs on a GPU, eager on
+# a CPU (inductor compiles each batch bucket for minutes on a small CPU: ask for "compile" explicitly).
+COMPILE_OPTIONS = ("auto", "eager", "compile", "cuda-graphs")
 _SECRETS = {"auth_tokens"}  # never printed, not even in error messages
 
 
@@ -58,6 +61,7 @@ class ServerConfig:
     max_chunks_per_step: int = 0
     batch_wait_ms: float = 0.0
     torch_threads: int = 0
+    compile: str = "eager"
     # [auth]
     auth_tokens: tuple[str, ...] = field(default=(), repr=False)
     # [tls]
@@ -98,6 +102,8 @@ class ServerConfig:
             raise ValueError(f"default_latency {self.default_latency!r} is not in allowed_presets")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.compile not in COMPILE_OPTIONS:
+            raise ValueError(f"[worker] compile must be one of {list(COMPILE_OPTIONS)}, got {self.compile!r}")
         if self.max_message_bytes < 4096:
             raise ValueError("max_message_bytes must be >= 4096")
         if bool(self.tls_cert) != bool(self.tls_key):
@@ -161,7 +167,14 @@ SECTIONS: dict[str, dict[str, str]] = {
     },
     "worker": {
         k: k
-        for k in ("batch_capacity", "max_step_ms", "max_chunks_per_step", "batch_wait_ms", "torch_threads")
+        for k in (
+            "batch_capacity",
+            "max_step_ms",
+            "max_chunks_per_step",
+            "batch_wait_ms",
+            "torch_threads",
+            "compile",
+        )
     },
     "auth": {"tokens": "auth_tokens"},
     "tls": {"cert": "tls_cert", "key": "tls_key"},

@@ -131,6 +131,7 @@ class XcodecServer:
             zero_crossings=cfg.resampler_zero_crossings,
             preload=cfg.presets,
             torch_threads=cfg.torch_threads,
+            compile=cfg.compile,
             observe=self.metrics.observe_step,
         )
         await self._loop.run_in_executor(

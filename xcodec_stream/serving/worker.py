@@ -133,9 +133,10 @@ class _Engines:
     preset, on first use by a background thread (`Worker.open`). Its dicts are written under the worker's lock.
     """
 
-    def __init__(self, model: Any, capacity: int) -> None:
+    def __init__(self, model: Any, capacity: int, compile: str = "eager") -> None:
         self.model = model
         self.capacity = capacity
+        self.compile = compile
         self.enc: dict[str, Any] = {}
         self.dec: dict[str, Any] = {}
         self.enc_free: dict[str, list[int]] = {}
@@ -152,10 +153,26 @@ class _Engines:
     def build(self, preset: str) -> tuple[Any, Any]:
         """Construct a preset's pair (the caller stores it): reads the model, never changes it."""
         t0 = time.perf_counter()
-        enc = self.model.streaming_encoder(batch_size=self.capacity, latency=preset)
-        dec = self.model.streaming_decoder(batch_size=self.capacity, latency=preset)
+        mode = self.compile
+        if mode == "auto":  # CUDA graphs on a GPU; on a CPU inductor's compile time is not worth a default
+            mode = (
+                "cuda-graphs"
+                if getattr(self.model, "device", torch.device("cpu")).type == "cuda"
+                else "eager"
+            )
+        kw = {} if mode == "eager" else {"compile": mode}
+        enc = self.model.streaming_encoder(batch_size=self.capacity, latency=preset, **kw)
+        dec = self.model.streaming_decoder(batch_size=self.capacity, latency=preset, **kw)
+        for engine in (enc, dec):  # compile every batch bucket now, not in a tick
+            warm_up = getattr(engine, "warm_up", None)
+            if warm_up is not None:
+                warm_up()
         log.info(
-            "engine %r ready: %d slots, %.0f ms", preset, self.capacity, 1000 * (time.perf_counter() - t0)
+            "engine %r ready (%s): %d slots, %.0f ms",
+            preset,
+            mode,
+            self.capacity,
+            1000 * (time.perf_counter() - t0),
         )
         return enc, dec
 
@@ -221,6 +238,7 @@ class Worker:
         zero_crossings: int = 16,
         preload: tuple[str, ...] = (),
         torch_threads: int = 0,
+        compile: str = "eager",
         observe: Callable[[float, int], None] | None = None,
     ) -> None:
         self.model = model
@@ -232,7 +250,7 @@ class Worker:
         self.zero_crossings = zero_crossings
         self.preload = preload
         self.torch_threads = torch_threads
-        self._engines = _Engines(model, capacity)
+        self._engines = _Engines(model, capacity, compile)
         self._streams: dict[int, _Stream] = {}
         self._opens: list[tuple[_Stream, concurrent.futures.Future]] = []  # until opened by a tick
         self._cond = threading.Condition()

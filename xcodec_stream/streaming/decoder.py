@@ -79,6 +79,11 @@ class StreamingDecoder(SlotEngine):
         sends codes off the grid also waits for the step to fill, up to K - 1 frames)."""
         return 1000.0 * (self.lag_samples // self.frame_size) * self.frame_size / self.sample_rate
 
+    def _dummy_inputs(self, batch: int) -> list[torch.Tensor]:
+        k, dev = self.step_frames, self.device
+        codes = torch.zeros(batch, self.num_quantizers, k, dtype=torch.long, device=dev)
+        return [codes, torch.ones(batch, k, dtype=torch.long, device=dev)]
+
     @property
     def warmup(self) -> int:
         return self.graph.warmup

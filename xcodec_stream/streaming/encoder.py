@@ -233,6 +233,9 @@ class StreamingEncoder(SlotEngine):
         hi = np.clip(end - first, lo, self.step_frames)
         return [codes[i, :, lo[i] : hi[i]] for i in range(len(rows))]
 
+    def _dummy_inputs(self, batch: int) -> list[torch.Tensor]:
+        return [torch.zeros(batch, self.step_frames * self.frame_size, device=self.device, dtype=self.dtype)]
+
     @property
     def warmup(self) -> int:
         return max(self.acoustic.warmup, self.semantic.warmup)
@@ -251,7 +254,9 @@ class StreamingEncoder(SlotEngine):
         p = pos + K
         if self.speculative:  # the signal taken to end where the input stops: the acoustic lookahead's guess
             stop = torch.minimum(p, end)
-            y, a_new = self.acoustic.step(x[:, None], state, pos, stop, frames=K, speculate=True, masking=masking)
+            y, a_new = self.acoustic.step(
+                x[:, None], state, pos, stop, frames=K, speculate=True, masking=masking
+            )
         else:
             y, a_new = self.acoustic.step(x[:, None], state, pos, end, frames=K, masking=masking)
         new.update(a_new)

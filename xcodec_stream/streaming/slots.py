@@ -11,6 +11,7 @@ come from the per-row `pos` / `end` tensors.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 
@@ -174,14 +175,46 @@ class SlotEngine:
                 self._step_fn = torch.compile(self._core, dynamic=False, fullgraph=True, mode=mode)
         return self._step_fn
 
+    def buckets(self) -> list[int]:
+        """The batch sizes a step runs at."""
+        return sorted({bucket_size(n, self.batch_size) for n in range(1, self.batch_size + 1)})
+
+    def _dummy_inputs(self, batch: int) -> list[torch.Tensor]:
+        """Inputs of one step for `batch` rows (zeros): what `warm_up` feeds the step."""
+        raise NotImplementedError
+
+    @torch.inference_mode()
+    def warm_up(self) -> float:
+        """Compile (or capture) the step for every bucket now, on scratch copies of the state: no slot moves.
+        Returns the seconds it took. Eager engines return at once."""
+        if self.compile_mode == "eager":
+            return 0.0
+        t0 = time.perf_counter()
+        fn = self.step_function()
+        for b in self.buckets():
+            scratch = torch.full((b,), self.bank.scratch, device=self.device)
+            pos = torch.zeros(b, dtype=torch.long, device=self.device)
+            end = torch.full((b,), OPEN_END, device=self.device)
+            for _ in range(3):  # CUDA graphs record after warm-up calls
+                fn(*self._dummy_inputs(b), self.bank.gather(scratch), pos, end, True)
+        log.info(
+            "%s: step compiled (%s) for buckets %s in %.1f s",
+            self.kind,
+            self.compile_mode,
+            self.buckets(),
+            time.perf_counter() - t0,
+        )
+        return time.perf_counter() - t0
+
     def _run(self, rows: np.ndarray, inputs: list[torch.Tensor], end: np.ndarray) -> torch.Tensor:
         """One static step for `rows` (sorted): inputs (n, ...) each; `end` (n,) where each row's signal is
         taken to end. Commits K frames to every row; returns the step's output for the n rows."""
         n = len(rows)
         b = bucket_size(n, self.batch_size)
         pos = self.pos[rows]
-        # masks only where a row is warming up or past its end (a static flag: one graph each way)
-        masking = bool(pos.min() < self.warmup or (end < OPEN_END).any())
+        # eager: masks only where a row is warming up or past its end; compiled, they are fused and cheap,
+        # and one graph per bucket is enough
+        masking = self.compile_mode != "eager" or bool(pos.min() < self.warmup or (end < OPEN_END).any())
         if b == n == self.batch_size:
             idx = None  # every slot in order: the bank's own rows, no gather/scatter copies
         else:
@@ -203,8 +236,3 @@ class SlotEngine:
         self.pos[rows] += self.step_frames
         self.steps += 1
         return out[:n]
-
-
-def cat_pending(parts: list[torch.Tensor], width: int) -> torch.Tensor:
-    """Concatenate per-row pending input along its last axis (an empty list: width-0 tensor)."""
-    return torch.cat(parts, dim=-1) if parts else torch.zeros(width)
