@@ -2,12 +2,15 @@
 # Every GPU check in one run (a GPU machine is lent for minutes): the CUDA tests, then the streaming and
 # serve-load benchmarks on the device. Results go to docs/ (BENCHMARKS.md sections, bench/*.json,
 # scaling.png) and are copied to $OUT when set. Wheels the machine lacks: scripts/gpu-wheels.sh, carried as .whl/.
-#   DEVICE=cuda MODEL=random:full CLIENTS=1,10,100,300 scripts/gpu-check.sh
+#   DEVICE=cuda MODEL=random:full CLIENTS=1,10,100,300,1000 COMPILE=cuda-graphs scripts/gpu-check.sh
+# The engines' static step is captured as one CUDA graph per (preset, batch bucket) (COMPILE=cuda-graphs);
+# COMPILE=eager measures the uncaptured step.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 DEVICE="${DEVICE:-cuda}"
 MODEL="${MODEL:-random:full}"
-CLIENTS="${CLIENTS:-1,10,100,300}"
+CLIENTS="${CLIENTS:-1,10,100,300,1000}"
+COMPILE="${COMPILE:-cuda-graphs}"
 SECONDS_PER_RUN="${SECONDS_PER_RUN:-10}"
 PY="${PYTHON:-python3}"
 export PYTHONUNBUFFERED=1
@@ -22,13 +25,14 @@ status=0
 log "device"; nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>/dev/null || echo "no nvidia-smi"
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
 log "tests on the device"
-"$PY" -m pytest -q -p no:cacheprovider tests/streaming/test_devices.py tests/streaming/test_atomic.py || status=1
+"$PY" -m pytest -q -p no:cacheprovider tests/streaming/test_devices.py tests/streaming/test_atomic.py \
+  tests/streaming/test_compiled.py || status=1
 log "bench stream ($MODEL, $DEVICE)"
 "$PY" -m xcodec_stream.cli.main bench stream --model "$MODEL" --device "$DEVICE" --seconds "$SECONDS_PER_RUN" \
-  --long-minutes 1 || status=1
+  --long-minutes 1 --compile "eager,$COMPILE" || status=1
 log "bench serve-load ($MODEL, $DEVICE, clients $CLIENTS)"
 "$PY" -m xcodec_stream.cli.main bench serve-load --model "$MODEL" --device "$DEVICE" --clients "$CLIENTS" \
-  --seconds "$SECONDS_PER_RUN" --chunk-ms 40 --keep-going || status=1
+  --seconds "$SECONDS_PER_RUN" --chunk-ms 40 --keep-going --compile "$COMPILE" || status=1
 if [ -n "${OUT:-}" ]; then
   cp docs/BENCHMARKS.md docs/scaling.png "$OUT"/ 2>/dev/null
   cp docs/bench/*.json "$OUT"/ 2>/dev/null

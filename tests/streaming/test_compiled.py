@@ -49,6 +49,27 @@ def test_inductor_step_equals_eager(tiny_model, speech):
     assert (audio - ref_audio).abs().max() <= 1e-5
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (scripts/gpu-check.sh runs it on a GPU)")
+def test_cuda_graph_step_equals_eager(speech):
+    """On a GPU: the step captured as CUDA graphs (one per bucket, warmed up first) gives the eager step's
+    codes and audio."""
+    from xcodec_stream.model.xcodec import XcodecModel
+
+    model = XcodecModel.from_pretrained("random:tiny", device="cuda")
+    x = torch.cat([speech, speech.flip(1) * 0.5])[:, :12_000]
+    outs = []
+    for mode in ("eager", "cuda-graphs"):
+        enc = model.streaming_encoder(batch_size=2, latency="balanced", compile=mode)
+        dec = model.streaming_decoder(batch_size=2, latency="balanced", compile=mode)
+        enc.warm_up()
+        dec.warm_up()
+        codes = stream_encode(enc, x, [640, 1000])
+        outs.append((codes, stream_decode(dec, codes, [4])))
+    assert torch.equal(outs[0][0], outs[1][0])
+    assert (outs[0][1] - outs[1][1]).abs().max() <= 1e-4
+
+
 def test_buckets_and_modes():
     assert [bucket_size(n, 6) for n in (1, 2, 3, 4, 5, 6)] == [1, 2, 4, 4, 6, 6]
     cpu = torch.device("cpu")

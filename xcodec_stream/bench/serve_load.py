@@ -34,6 +34,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--batch-wait-ms", type=float, default=10.0, help="daemon [worker] batch_wait_ms (default 10)"
     )
+    p.add_argument(
+        "--compile",
+        default="eager",
+        choices=("auto", "eager", "compile", "cuda-graphs"),
+        help="daemon [worker] compile: how the codec's step runs (default eager)",
+    )
     p.add_argument("--keep-going", action="store_true", help="run every N even after one fails real time")
     p.add_argument(
         "--no-write", action="store_true", help="print the table only; leave docs/BENCHMARKS.md alone"
@@ -76,6 +82,7 @@ def start_daemon(args: argparse.Namespace, max_sessions: int) -> tuple[subproces
         f"[server]\nmax_sessions = {max_sessions}\nidle_timeout_s = 120.0\n"
         f'[stream]\npresets = ["{args.latency}"]\ndefault_latency = "{args.latency}"\n'
         f"[worker]\ntorch_threads = {args.threads}\nbatch_wait_ms = {args.batch_wait_ms}\n"
+        f'compile = "{args.compile}"\n'
         '[log]\nlevel = "warning"\n'
     )
     cmd = [

@@ -45,6 +45,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--long-chunk-ms", type=float, default=40.0, help="chunk of the long stream in ms (default 40)"
     )
+    p.add_argument(
+        "--compile",
+        default="eager",
+        help="comma-separated step modes to measure: eager, compile (inductor), cuda-graphs (default eager)",
+    )
     p.add_argument("--output", default="docs/BENCHMARKS.md", help="markdown file to update ('' to not write)")
 
 
@@ -74,10 +79,32 @@ class _PartTimer:
         setattr(obj, name, timed)
 
 
-def _loopback(model, preset: str, x: torch.Tensor, chunk: int, parts: _PartTimer | None = None):
+_ENGINES: dict[tuple[int, str, str], tuple] = {}
+
+
+def _engines(model, preset: str, compile: str) -> tuple:
+    """A fresh session on an encoder/decoder pair; compiled pairs are built (and compiled) once per run."""
+    key = (id(model), preset, compile)
+    if compile == "eager" or key not in _ENGINES:
+        enc = model.streaming_encoder(latency=preset, compile=compile)
+        dec = model.streaming_decoder(latency=preset, compile=compile)
+        t0 = time.perf_counter()
+        enc.warm_up()  # compiled: every bucket before the clock starts
+        dec.warm_up()
+        if compile != "eager":
+            print(f"{preset}: {compile} step built in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+        _ENGINES[key] = (enc, dec)
+    enc, dec = _ENGINES[key]
+    enc.reset()
+    dec.reset(0, lead=enc.lead_for(dec.step_frames))  # the decoder steps when the codes arrive
+    return enc, dec
+
+
+def _loopback(
+    model, preset: str, x: torch.Tensor, chunk: int, parts: _PartTimer | None = None, compile: str = "eager"
+):
     """Stream x through encoder and decoder in chunks; returns (step times s, total s, samples out)."""
-    enc = model.streaming_encoder(latency=preset)
-    dec = model.streaming_decoder(latency=preset)
+    enc, dec = _engines(model, preset, compile)
     if parts is not None:
         parts.wrap(enc.acoustic, "step", "acoustic encoder")
         parts.wrap(enc.semantic, "window_hidden", "semantic model windows")
@@ -172,24 +199,25 @@ def run(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     breakdown = None
-    for preset in presets:
+    modes = [m.strip() for m in args.compile.split(",") if m.strip()]
+    for mode, preset in [(m, p) for m in modes for p in presets]:
         mid = int(round(chunks_ms[len(chunks_ms) // 2] * sr / 1000))
         gflop = _gflop_per_audio_second(model, preset, x_flops, mid)
         for ms in chunks_ms:
             chunk = int(round(ms * sr / 1000))
             parts = (
                 _PartTimer()
-                if (preset == args.long_preset and ms == chunks_ms[len(chunks_ms) // 2])
+                if (preset == args.long_preset and ms == chunks_ms[len(chunks_ms) // 2] and mode == "eager")
                 else None
             )
-            times, total, out, enc, dec = _loopback(model, preset, x, chunk, parts)
+            times, total, out, enc, dec = _loopback(model, preset, x, chunk, parts, mode)
             if out != -(-x.shape[0] // 320) * 320:
                 raise RuntimeError(f"{preset}: {out} samples out for {x.shape[0]} in")
             rtf = total / seconds
             chunk_s = chunk / sr
             rows.append(
                 [
-                    f"{preset}",
+                    preset if mode == "eager" else f"{preset} ({mode})",
                     f"{ms:g}",
                     f"{enc.latency_ms + dec.latency_ms:.0f}",
                     f"{rtf:.2f}",
