@@ -50,7 +50,9 @@ def test_inductor_step_equals_eager(tiny_model, speech):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (scripts/gpu-check.sh runs it on a GPU)")
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA (scripts/gpu-check.sh runs it on a GPU)"
+)
 def test_cuda_graph_step_equals_eager(speech):
     """On a GPU: the step captured as CUDA graphs (one per bucket, warmed up first) gives the eager step's
     codes and audio."""

@@ -121,3 +121,28 @@ def test_lower_lookahead_blocks_equal_offline_decode_of_the_codes_so_far(tiny_mo
         span = slice(max(0, p - block - ahead) * FRAME, max(0, min(p - ahead, frames)) * FRAME)
         if ref[span].numel():
             assert (out[span] - ref[span]).abs().max() <= 1e-5, p
+
+
+def test_a_lead_lines_the_steps_up_with_the_encoders_codes(tiny_model, speech):
+    """The encoder's codes come out in groups ending at P - L; a decoder that starts `lead_for` frames early
+    steps exactly when a group arrives (no codes wait), and its output is the same audio, in place."""
+    enc = tiny_model.streaming_encoder(latency="balanced")
+    plain = tiny_model.streaming_decoder(latency="balanced")
+    led = tiny_model.streaming_decoder(latency="balanced")
+    lead = enc.lead_for(led.step_frames)
+    assert lead == enc.lag % enc.step_frames == 3
+    led.reset(0, lead=lead)
+    outs = {"plain": [], "led": []}
+    for i in range(0, speech.shape[1], 1280):
+        codes = enc.step(speech[:, i : i + 1280])
+        outs["plain"].append(plain.step(codes))
+        outs["led"].append(led.step(codes))
+        assert led.pending[0].shape[1] == 0  # nothing waits for a step to fill
+    codes = enc.flush()
+    outs["plain"] += [plain.step(codes), plain.flush()]
+    outs["led"] += [led.step(codes), led.flush()]
+    a, b = (torch.cat(outs[k], dim=-1) for k in ("plain", "led"))
+    assert a.shape == b.shape == (1, -(-speech.shape[1] // FRAME) * FRAME)
+    assert (a - b).abs().max() <= 1e-5
+    with pytest.raises(ValueError, match="lead must be"):
+        led.reset(0, lead=4)

@@ -131,3 +131,17 @@ def test_bad_input_is_rejected_with_a_clear_message(tiny_model):
         enc.step_slots({0: torch.zeros(10)})
     with pytest.raises(ValueError, match="must be an integer >= 0"):
         StreamingOptions(semantic_lookahead=-1)
+
+
+def test_a_model_loaded_in_inference_mode_streams(tiny_model, speech):
+    """Loading under `torch.inference_mode()` is common; the engines must not depend on version counters
+    (inference tensors have none)."""
+    from xcodec_stream.model.xcodec import XcodecModel
+
+    with torch.inference_mode():
+        model = XcodecModel.from_pretrained("random:tiny")
+        enc = model.streaming_encoder(batch_size=1, latency="balanced")
+        codes = torch.cat([enc.step(torch.zeros(1, 1280)), enc.step(speech[:, :6400]), enc.flush()], dim=-1)
+        dec = model.streaming_decoder(latency="balanced")
+        audio = torch.cat([dec.step(codes), dec.flush()], dim=-1)
+    assert codes.shape == (1, 8, 24) and audio.shape == (1, 24 * FRAME)

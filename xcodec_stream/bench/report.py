@@ -19,10 +19,15 @@ def machine() -> str:
     """One line naming the hardware and software a number was measured on."""
     cpu = platform.processor() or platform.machine()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
+        info = Path("/proc/cpuinfo").read_text().splitlines()
+        for line in info:
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
+        flags = next((set(x.split(":", 1)[1].split()) for x in info if x.startswith("flags")), set())
+        # the instruction sets that change our numbers (fp32 matmul speed, native bf16)
+        isa = [n for f, n in (("avx512f", "AVX-512"), ("amx_bf16", "AMX-BF16")) if f in flags]
+        cpu += f" ({', '.join(isa) if isa else 'AVX2' if 'avx2' in flags else 'no AVX2'})"
     except OSError:
         pass
     dev = f"CUDA {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "no GPU"

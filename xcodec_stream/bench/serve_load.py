@@ -280,7 +280,8 @@ def run(args: argparse.Namespace) -> int:
         data = path.parent / "bench" / f"{name}.json"
         data.parent.mkdir(parents=True, exist_ok=True)
         label = (
-            f"{args.model}, {health.get('device', args.device)}, {args.latency}, {args.chunk_ms:g} ms chunks"
+            f"{args.model}, {health.get('device', args.device)} ({machine().split(',')[0]}), {args.latency}, "
+            f"{args.chunk_ms:g} ms chunks, step {args.compile}"
         )
         data.write_text(json.dumps({"label": label, "date": today(), "rows": rows}, indent=1, default=float))
         print(f"wrote {data} and {plot_scaling(data.parent, path.parent / 'scaling.png')}", file=sys.stderr)

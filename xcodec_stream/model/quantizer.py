@@ -31,8 +31,26 @@ class ResidualVectorQuantizer(nn.Module):
             x, embed = x.float(), embed.float()
         embed_t = embed.t()
         scaled = x.pow(2).sum(1, keepdim=True)
-        dist = -(scaled - 2 * x @ embed_t + embed_t.pow(2).sum(0, keepdim=True))
+        dist = -(scaled - 2 * x @ embed_t + self._norms(embed_t, q))
         return dist.max(dim=-1).indices
+
+    def _norms(self, embed_t: torch.Tensor, q: int) -> torch.Tensor:
+        """`embed_t.pow(2).sum(0, keepdim=True)`, computed once per codebook: reading every codebook twice
+        per call was most of a streaming step's VQ time. Keyed on the storage and dtype (codebooks are not
+        changed in place at inference; loading replaces them), never a buffer (not in the state_dict)."""
+        cache = self.__dict__.setdefault("_norm_cache", {})
+        if torch.compiler.is_compiling() and (q, embed_t.dtype) in cache:
+            return cache[(q, embed_t.dtype)][1]  # prepared eagerly (`prepare`); a traced step reads it as is
+        key = (self.embed.data_ptr(), self.embed.device)
+        hit = cache.get((q, embed_t.dtype))
+        if hit is None or hit[0] != key:
+            hit = cache[(q, embed_t.dtype)] = (key, embed_t.pow(2).sum(0, keepdim=True))
+        return hit[1]
+
+    def prepare(self) -> None:
+        """Compute every codebook's norms now (before a compiled step reads them)."""
+        for q in range(self.num_quantizers):
+            self._norms(self.embed[q].t(), q)
 
     def quantize(self, embeddings: torch.Tensor, num_quantizers: int) -> torch.Tensor:
         """(B, D, F) latent -> (B, n_q, F) int64 codes, each quantizer coding the residual of the previous ones."""

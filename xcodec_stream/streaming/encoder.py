@@ -79,6 +79,7 @@ class StreamingEncoder(SlotEngine):
             "ring.semantic": torch.zeros(sem_channels, self.lag - opts.semantic_lookahead),
         }
         self.bank = StateBank(batch_size, templates, self.device, self.dtype)
+        model.quantizer.prepare()
         self.pending: list[torch.Tensor] = [torch.zeros(0) for _ in range(batch_size)]
         self.default_n_q = model.num_quantizers_for_bandwidth(bandwidth)
         self.n_q_slot = np.full(batch_size, self.default_n_q, dtype=np.int64)

@@ -175,6 +175,10 @@ class SemanticStream:
         # price is twice the memory. Frames before the signal's start are masked by position.
         self.cache = cache and left > 0
         self.cached_queries = cache
+        self._pos_w: tuple[torch.Tensor, torch.Tensor] | None = None
+        if cache:  # prepared now, not inside a compiled step
+            pe = sm.encoder.pos_conv_embed.conv
+            self._pos_conv(torch.zeros(1, pe.in_channels, pe.kernel_size[0]), pe)
         if self.cache:
             cfg = sm.config
             self.templates["semantic.kv"] = torch.zeros(cfg.num_hidden_layers, 2, left, cfg.hidden_size)
@@ -245,9 +249,23 @@ class SemanticStream:
         pad = pe.conv.padding[0]
         # output t of the trimmed conv reads padded inputs t .. t + k - 1
         xp = F.pad(x.transpose(1, 2), (pad, pad))[..., self.left : x.shape[1] - 1 + k]
-        y = F.conv1d(xp, pe.conv.weight, pe.conv.bias, groups=pe.conv.groups)
-        h = x[:, self.left :] + pe.activation(y).transpose(1, 2)
+        h = x[:, self.left :] + pe.activation(self._pos_conv(xp, pe.conv)).transpose(1, 2)
         return h if enc.stable_layer_norm else enc.layer_norm(h)
+
+    def _pos_conv(self, xp: torch.Tensor, conv: nn.Conv1d) -> torch.Tensor:
+        """The grouped positional conv for a few outputs as one batched matmul over the groups: oneDNN's
+        grouped conv reads its 128-tap kernel at a fraction of memory speed when only a few outputs are
+        wanted (18 ms of a 80 ms step on random:full, 1 thread)."""
+        g, k = conv.groups, conv.kernel_size[0]
+        b, c, _ = xp.shape
+        n = xp.shape[-1] - k + 1
+        if self._pos_w is None or self._pos_w[0] is not conv.weight:
+            w = conv.weight.detach()  # (C_out, C_in / g, k)
+            self._pos_w = (conv.weight, w.reshape(g, w.shape[0] // g, -1).transpose(1, 2).contiguous())
+        w = self._pos_w[1]  # (g, C_in / g * k, C_out / g)
+        win = xp.unfold(-1, k, 1).reshape(b, g, c // g, n, k).permute(1, 0, 3, 2, 4).reshape(g, b * n, -1)
+        y = torch.bmm(win, w).view(g, b, n, -1).permute(1, 0, 3, 2).reshape(b, -1, n)
+        return y if conv.bias is None else y + conv.bias[:, None]
 
     def cached_hidden(
         self, h: torch.Tensor, valid: torch.Tensor, kv: torch.Tensor | None
