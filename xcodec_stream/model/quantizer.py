@@ -19,6 +19,7 @@ class ResidualVectorQuantizer(nn.Module):
         self.codebook_size = codebook_size
         self.dim = dim
         self.register_buffer("embed", torch.zeros(num_quantizers, codebook_size, dim))
+        self._norm_cache: dict[tuple[int, torch.dtype], tuple[tuple, torch.Tensor]] = {}
 
     def nearest(self, x: torch.Tensor, q: int) -> torch.Tensor:
         """Index of the nearest vector of codebook `q` for each row of x (N, D).
@@ -38,8 +39,8 @@ class ResidualVectorQuantizer(nn.Module):
         """`embed_t.pow(2).sum(0, keepdim=True)`, computed once per codebook: reading every codebook twice
         per call was most of a streaming step's VQ time. Keyed on the storage and dtype (codebooks are not
         changed in place at inference; loading replaces them), never a buffer (not in the state_dict)."""
-        cache = self.__dict__.setdefault("_norm_cache", {})
-        if torch.compiler.is_compiling() and (q, embed_t.dtype) in cache:
+        cache = self._norm_cache
+        if torch.compiler.is_compiling():
             return cache[(q, embed_t.dtype)][1]  # prepared eagerly (`prepare`); a traced step reads it as is
         key = (self.embed.data_ptr(), self.embed.device)
         hit = cache.get((q, embed_t.dtype))

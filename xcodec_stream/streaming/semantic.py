@@ -175,10 +175,10 @@ class SemanticStream:
         # price is twice the memory. Frames before the signal's start are masked by position.
         self.cache = cache and left > 0
         self.cached_queries = cache
-        self._pos_w: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._pos_w: tuple[tuple, torch.Tensor] | None = None
         if cache:  # prepared now, not inside a compiled step
             pe = sm.encoder.pos_conv_embed.conv
-            self._pos_conv(torch.zeros(1, pe.in_channels, pe.kernel_size[0]), pe)
+            self._pos_conv(pe.weight.new_zeros(1, pe.in_channels, pe.kernel_size[0]), pe)
         if self.cache:
             cfg = sm.config
             self.templates["semantic.kv"] = torch.zeros(cfg.num_hidden_layers, 2, left, cfg.hidden_size)
@@ -259,9 +259,11 @@ class SemanticStream:
         g, k = conv.groups, conv.kernel_size[0]
         b, c, _ = xp.shape
         n = xp.shape[-1] - k + 1
-        if self._pos_w is None or self._pos_w[0] is not conv.weight:
-            w = conv.weight.detach()  # (C_out, C_in / g, k)
-            self._pos_w = (conv.weight, w.reshape(g, w.shape[0] // g, -1).transpose(1, 2).contiguous())
+        weight = conv.weight
+        key = (weight.data_ptr(), weight.dtype, weight.device)
+        if self._pos_w is None or (not torch.compiler.is_compiling() and self._pos_w[0] != key):
+            w = weight.detach()  # (C_out, C_in / g, k)
+            self._pos_w = (key, w.reshape(g, w.shape[0] // g, -1).transpose(1, 2).contiguous())
         w = self._pos_w[1]  # (g, C_in / g * k, C_out / g)
         win = xp.unfold(-1, k, 1).reshape(b, g, c // g, n, k).permute(1, 0, 3, 2, 4).reshape(g, b * n, -1)
         y = torch.bmm(win, w).view(g, b, n, -1).permute(1, 0, 3, 2).reshape(b, -1, n)

@@ -215,8 +215,9 @@ class SlotEngine:
         # eager: masks only where a row is warming up or past its end; compiled, they are fused and cheap,
         # and one graph per bucket is enough
         masking = self.compile_mode != "eager" or bool(pos.min() < self.warmup or (end < OPEN_END).any())
-        if b == n == self.batch_size:
-            idx = None  # every slot in order: the bank's own rows, no gather/scatter copies
+        if b == n == self.batch_size and self.compile_mode == "eager":
+            idx = None  # every slot in order: the bank's own rows, no gather/scatter copies (eager only: a
+            # compiled step was built on gathered inputs, and a view of the bank would make it recompile)
         else:
             idx = torch.from_numpy(np.concatenate([rows, np.full(b - n, self.bank.scratch)])).to(self.device)
         if b > n:
