@@ -17,6 +17,15 @@ HEADER = (
 
 def machine() -> str:
     """One line naming the hardware and software a number was measured on."""
+    dev = f"CUDA {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "no GPU"
+    return (
+        f"{cpu()}, {os.cpu_count()} CPUs visible, torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), {dev}, Python {platform.python_version()}"
+    )
+
+
+def cpu() -> str:
+    """The CPU's model name and the instruction sets that change our numbers."""
     cpu = platform.processor() or platform.machine()
     try:
         info = Path("/proc/cpuinfo").read_text().splitlines()
@@ -30,11 +39,7 @@ def machine() -> str:
         cpu += f" ({', '.join(isa) if isa else 'AVX2' if 'avx2' in flags else 'no AVX2'})"
     except OSError:
         pass
-    dev = f"CUDA {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else "no GPU"
-    return (
-        f"{cpu}, {os.cpu_count()} CPUs visible, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), {dev}, Python {platform.python_version()}"
-    )
+    return cpu
 
 
 def today() -> str:

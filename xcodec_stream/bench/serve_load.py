@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .report import machine, markdown_table, pyplot, today, write_section
+from .report import cpu, machine, markdown_table, pyplot, today, write_section
 
 CLIP = Path(__file__).resolve().parents[2] / "tests" / "data" / "codec2_speech_orig_16k.wav"
 # A run is real time when every chunk is consumed soon after it is sent and nothing is lost.
@@ -280,7 +280,7 @@ def run(args: argparse.Namespace) -> int:
         data = path.parent / "bench" / f"{name}.json"
         data.parent.mkdir(parents=True, exist_ok=True)
         label = (
-            f"{args.model}, {health.get('device', args.device)} ({machine().split(',')[0]}), {args.latency}, "
+            f"{args.model}, {health.get('device', args.device)} ({cpu()}), {args.latency}, "
             f"{args.chunk_ms:g} ms chunks, step {args.compile}"
         )
         data.write_text(json.dumps({"label": label, "date": today(), "rows": rows}, indent=1, default=float))

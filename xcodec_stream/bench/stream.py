@@ -152,6 +152,31 @@ def _matmul_gflops(device: str, reps: int = 5) -> float:
     return 2 * n**3 / best / 1e9
 
 
+def _read_gbs(device: str, reps: int = 3) -> float:
+    """Measured memory read bandwidth (GB/s, best of `reps`: a sum over 256 MB) with the threads set."""
+    a = torch.ones(64 * 2**20, device=device)
+    best = float("inf")
+    for _ in range(reps + 1):
+        t0 = time.perf_counter()
+        a.sum().item()
+        best = min(best, time.perf_counter() - t0)
+    return a.numel() * 4 / best / 1e9
+
+
+def _weight_gb_per_audio_second(model, enc, dec) -> float:
+    """GB of weights a single stream's steps read per audio second: every step reads every weight its
+    engine uses once (a few frames against each matrix), whatever the number of frames."""
+
+    def gb(*modules) -> float:
+        return sum(p.numel() * p.element_size() for m in modules for p in m.parameters()) / 1e9
+
+    q = model.quantizer.embed.numel() * model.quantizer.embed.element_size() / 1e9
+    enc_gb = gb(model.acoustic_encoder, model.semantic_model, model.encoder_semantic, model.fc) + q
+    dec_gb = gb(model.fc2, model.acoustic_decoder) + q
+    rate = model.config.frame_rate
+    return enc_gb * rate / enc.step_frames + dec_gb * rate / dec.step_frames
+
+
 def _offline(model, x: torch.Tensor, reps: int = 2) -> float:
     xp = x[None, None]
     best = []
@@ -178,6 +203,7 @@ def run(args: argparse.Namespace) -> int:
     _loopback(model, "balanced", x[:sr], 640)  # warm-up (allocator, kernels)
     offline = _offline(model, x)
     peak = _matmul_gflops(args.device)
+    read = _read_gbs(args.device)
     x_flops = x[: 2 * sr]  # FLOPs are counted on 2 s (they do not depend on the signal)
     gflop = _gflop_per_audio_second(model, None, x_flops, 0)
     rows = [
@@ -192,6 +218,7 @@ def run(args: argparse.Namespace) -> int:
             "-",
             f"{gflop:.1f}",
             f"{gflop / peak:.2f}",
+            "-",
         ]
     ]
     print(
@@ -227,6 +254,7 @@ def run(args: argparse.Namespace) -> int:
                     "yes" if np.percentile(times, 99) <= chunk_s and rtf < 1 else "no",
                     f"{gflop:.1f}",
                     f"{gflop / peak:.2f}",
+                    f"{_weight_gb_per_audio_second(model, enc, dec) / read:.2f}",
                 ]
             )
             print(" | ".join(rows[-1]), file=sys.stderr)
@@ -245,13 +273,14 @@ def run(args: argparse.Namespace) -> int:
             "real time",
             "GFLOP per audio s",
             "RTF bound",
+            "RTF bound (weights)",
         ],
         rows,
     )
     print(table)
-    print(f"fp32 matmul here: {peak:.0f} GFLOP/s", file=sys.stderr)
+    print(f"fp32 matmul here: {peak:.0f} GFLOP/s, memory read {read:.1f} GB/s", file=sys.stderr)
     if args.output:
-        _write(args, table, long_rows, breakdown, seconds, peak)
+        _write(args, table, long_rows, breakdown, seconds, peak, read)
     return 0
 
 
@@ -299,7 +328,7 @@ def _long_stream(model, args: argparse.Namespace) -> list[list[object]]:
     ]
 
 
-def _write(args, table: str, long_rows, breakdown, seconds: float, peak: float) -> None:
+def _write(args, table: str, long_rows, breakdown, seconds: float, peak: float, read: float) -> None:
     command = (
         "xcodec-stream " + " ".join(shlex.quote(a) for a in sys.argv[1:])
         if "stream" in sys.argv
@@ -316,7 +345,13 @@ def _write(args, table: str, long_rows, breakdown, seconds: float, peak: float) 
         "RTF (whole-signal encode + decode, same audio, same run). Real time = RTF < 1 and step p99 <= chunk.",
         f"- GFLOP per audio s: matmul, conv and attention FLOPs (torch's FLOP counter; the middle chunk size for "
         f"each preset). RTF bound = GFLOP per audio s / {peak:.0f} GFLOP/s, the fp32 matmul throughput measured "
-        "in the same run: the RTF the model would have if every FLOP ran at matmul speed.",
+        "in the same run: the RTF the model would have if every FLOP ran at matmul speed. RTF bound (weights) = "
+        f"GB of weights one stream's steps read per audio second (every step reads every weight of its engine "
+        f"once) / {read:.1f} GB/s, the memory read bandwidth measured in the same run: the floor for one stream "
+        "whatever the arithmetic; several sessions in one step share it.",
+        "- Steps are static (encoder and decoder each move by their preset's step, e.g. 80 ms at `balanced`): "
+        "a chunk shorter than a step only waits in the buffer, so `step p50` is near 0 for 20 ms chunks and "
+        "`step p99` is the time of a whole step.",
         "",
         table,
     ]
