@@ -226,8 +226,10 @@ class Conv(StreamNode):
             # a 1x1 conv is a matmul; oneDNN's conv1d is up to 8x slower on these (small batches of frames)
             y = torch.matmul(self.matrix().t(), cat)
             return y if self.module.bias is None else y + self.module.bias[:, None]
-        if self.groups == 1 and self.kernel > 1 and (
-            n_out <= IM2COL_MAX_OUTPUTS or self.module.in_channels >= IM2COL_MIN_CHANNELS
+        if (
+            self.groups == 1
+            and self.kernel > 1
+            and (n_out <= IM2COL_MAX_OUTPUTS or self.module.in_channels >= IM2COL_MIN_CHANNELS)
         ):
             # few outputs: reading the weights dominates, and one matmul reads them best
             cols = cat.unfold(-1, self.span, self.stride)[..., :: self.dilation]  # (b, C, n, k)
