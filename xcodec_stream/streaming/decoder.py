@@ -58,10 +58,6 @@ class StreamingDecoder(SlotEngine):
 
     # ---- properties -------------------------------------------------------------------------------
     @property
-    def block(self) -> int:
-        return self.step_frames
-
-    @property
     def lookahead_frames(self) -> int:
         """Frames after frame t that must be in before all of frame t's samples are out (worst case)."""
         if self.speculative:
@@ -98,7 +94,7 @@ class StreamingDecoder(SlotEngine):
     def reset(self, slot: int | None = None, lead: int = 0) -> None:
         """Start a fresh session in `slot` (None: every slot). `lead`: the row starts `lead` frames before
         time 0 (silence, never output), so that its steps line up with codes that come out of an encoder in
-        groups ending off the step grid (`StreamingEncoder.code_phase`)."""
+        groups ending off the step grid (`StreamingEncoder.lead_for`)."""
         if not isinstance(lead, int) or not 0 <= lead < self.step_frames:
             raise ValueError(f"lead must be an integer in 0..{self.step_frames - 1}, got {lead!r}")
         super().reset(slot)

@@ -110,15 +110,10 @@ class StreamingEncoder(SlotEngine):
         """Algorithmic latency: from the last sample of a frame entering to its code being out."""
         return 1000.0 * self.lookahead_samples / self.sample_rate
 
-    @property
-    def code_phase(self) -> int:
-        """Codes come out in groups ending at frames P - L (P on the step grid): a decoder with the same step
-        that starts `code_phase` frames early (`reset(slot, lead=...)`) steps exactly when they arrive."""
-        return self.lag % self.step_frames
-
     def lead_for(self, decoder_step: int) -> int:
-        """The decoder lead that makes a decoder of step `decoder_step` step exactly when this encoder's codes
-        arrive (possible when it divides this encoder's step; else 0: codes then wait for the step to fill)."""
+        """Codes come out in groups ending at frames P - L (P on the step grid): the lead (`reset(slot,
+        lead=...)`) that makes a decoder of step `decoder_step` step exactly when they arrive (possible when
+        it divides this encoder's step; else 0: codes then wait for the step to fill)."""
         return self.lag % decoder_step if self.step_frames % decoder_step == 0 else 0
 
     def set_bandwidth(self, slot: int, bandwidth: float | None) -> None:

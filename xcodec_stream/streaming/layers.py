@@ -284,7 +284,6 @@ class ConvTranspose(StreamNode):
         self.in_offset, self.in_rate = in_offset, in_rate
         self.out_offset = in_offset * self.stride - self.padding
         self.out_rate = in_rate * self.stride
-        self.spec_in = spec_in
         self.spec_out = self._spec(self._len, in_offset, in_rate, spec_in)
         if self.tail:
             states[self.key] = torch.zeros(self.module.out_channels, self.tail)
@@ -360,14 +359,6 @@ class Delay(StreamNode):
         if self.delay:
             states[self.key] = torch.zeros(self.channels, self.delay)
         return self.out_offset, in_rate, self.spec_out
-
-    def step(self, x, n, state, new, st):
-        if not self.delay:
-            return x, n
-        cat = torch.cat([state[self.key], x], dim=-1)
-        k = st.frames * self.in_rate
-        new[self.key] = cat[..., k : k + self.delay]
-        return cat, n
 
     def add_to(self, y: torch.Tensor, x: torch.Tensor, state: State, new: State, st: Step) -> torch.Tensor:
         """`y + delayed x` over y's length, in place on `y` (a fresh branch output): the delayed signal is
