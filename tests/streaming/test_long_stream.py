@@ -42,7 +42,9 @@ def inventory(root: object) -> tuple[int, dict[str, int]]:
 def test_ten_thousand_steps_keep_memory_flat(tiny_model):
     enc = tiny_model.streaming_encoder(latency="balanced")
     dec = tiny_model.streaming_decoder(latency="balanced")
-    dec.reset(0, lead=enc.lead_for(dec.step_frames))  # the decoder steps exactly when the encoder's codes arrive
+    dec.reset(
+        0, lead=enc.lead_for(dec.step_frames)
+    )  # the decoder steps exactly when the encoder's codes arrive
     g = torch.Generator().manual_seed(0)
     chunk = 32  # 10 000 steps = 1 000 frames = 20 s
     out_samples = code_frames = 0
