@@ -1,6 +1,9 @@
-"""Small building blocks shared by the model parts: Snake activation, weight-norm folding."""
+"""Small building blocks shared by the model parts: Snake activation, weight-norm folding, weight-derived
+tensors computed once."""
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -62,3 +65,19 @@ def fold_weight_norm(weight_g: torch.Tensor, weight_v: torch.Tensor, dim: int) -
             f"{tuple(weight_v.shape)} normalised along dim {dim}"
         )
     return torch._weight_norm(weight_v.float(), weight_g.float(), dim).to(weight_v.dtype)
+
+
+def derived(
+    cache: dict, name: object, weight: torch.Tensor, make: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
+    """`make(weight)` computed once and kept in `cache[name]` (a plain dict: never a buffer, never in a
+    state_dict), again whenever the weight's storage, dtype or device changes (weights are not changed in
+    place at inference; loading or `.to()` replaces the storage). Inside a compiled step the value prepared
+    eagerly beforehand is read as is: dynamo cannot trace the storage check."""
+    hit = cache.get(name)
+    if hit is not None and torch.compiler.is_compiling():
+        return hit[1]
+    key = (weight.data_ptr(), weight.dtype, weight.device)
+    if hit is None or hit[0] != key:
+        hit = cache[name] = (key, make(weight.detach()))
+    return hit[1]

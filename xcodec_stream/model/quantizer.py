@@ -6,6 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xcodec_stream.model.layers import derived
+
 
 class ResidualVectorQuantizer(nn.Module):
     """`num_quantizers` codebooks of `codebook_size` vectors of `dim`, stored as one buffer `embed` (Q, K, D).
@@ -19,7 +21,7 @@ class ResidualVectorQuantizer(nn.Module):
         self.codebook_size = codebook_size
         self.dim = dim
         self.register_buffer("embed", torch.zeros(num_quantizers, codebook_size, dim))
-        self._norm_cache: dict[tuple[int, torch.dtype], tuple[tuple, torch.Tensor]] = {}
+        self._norm_cache: dict = {}  # codebook norms (`derived`)
 
     def nearest(self, x: torch.Tensor, q: int) -> torch.Tensor:
         """Index of the nearest vector of codebook `q` for each row of x (N, D).
@@ -32,26 +34,22 @@ class ResidualVectorQuantizer(nn.Module):
             x, embed = x.float(), embed.float()
         embed_t = embed.t()
         scaled = x.pow(2).sum(1, keepdim=True)
-        dist = -(scaled - 2 * x @ embed_t + self._norms(embed_t, q))
+        dist = -(scaled - 2 * x @ embed_t + self._norms(q, embed_t.dtype))
         return dist.max(dim=-1).indices
 
-    def _norms(self, embed_t: torch.Tensor, q: int) -> torch.Tensor:
-        """`embed_t.pow(2).sum(0, keepdim=True)`, computed once per codebook: reading every codebook twice
-        per call was most of a streaming step's VQ time. Keyed on the storage and dtype (codebooks are not
-        changed in place at inference; loading replaces them), never a buffer (not in the state_dict)."""
-        cache = self._norm_cache
-        if torch.compiler.is_compiling():
-            return cache[(q, embed_t.dtype)][1]  # prepared eagerly (`prepare`); a traced step reads it as is
-        key = (self.embed.data_ptr(), self.embed.device)
-        hit = cache.get((q, embed_t.dtype))
-        if hit is None or hit[0] != key:
-            hit = cache[(q, embed_t.dtype)] = (key, embed_t.pow(2).sum(0, keepdim=True))
-        return hit[1]
+    def _norms(self, q: int, dtype: torch.dtype) -> torch.Tensor:
+        """`embed[q].to(dtype).t().pow(2).sum(0, keepdim=True)`, computed once per codebook: reading every
+        codebook twice per call was most of a streaming step's VQ time."""
+        return derived(
+            self._norm_cache, (q, dtype), self.embed[q], lambda e: e.to(dtype).t().pow(2).sum(0, keepdim=True)
+        )
 
     def prepare(self) -> None:
-        """Compute every codebook's norms now (before a compiled step reads them)."""
+        """Compute every codebook's norms now (before a compiled step reads them), in the dtype `nearest`
+        compares in."""
+        half = self.embed.dtype in (torch.float16, torch.bfloat16)
         for q in range(self.num_quantizers):
-            self._norms(self.embed[q].t(), q)
+            self._norms(q, torch.float32 if half else self.embed.dtype)
 
     def quantize(self, embeddings: torch.Tensor, num_quantizers: int) -> torch.Tensor:
         """(B, D, F) latent -> (B, n_q, F) int64 codes, each quantizer coding the residual of the previous ones."""

@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xcodec_stream.model.layers import derived
+
 # Calls with at most this many outputs per conv use an im2col matmul instead of conv1d (faster on CPU
 # when the weights are large and the time axis short).
 IM2COL_MAX_OUTPUTS = 48
@@ -171,18 +173,16 @@ class Conv(StreamNode):
         self.span = (self.kernel - 1) * self.dilation + 1
         self.head = head
         self.buffer = 0
-        self._matrix: tuple[tuple, torch.Tensor] | None = None
+        self._cache: dict = {}  # prepared kernels (`derived`)
 
     def matrix(self) -> torch.Tensor:
-        """The kernel as (k * C_in, C_out) for the im2col path (cached per weight tensor: weights are not
-        changed in place at inference; `load_state_dict` replaces data, which changes the pointer)."""
-        w = self.module.weight
-        if torch.compiler.is_compiling() and self._matrix is not None:
-            return self._matrix[1]  # prepared eagerly (`StreamGraph` does); a traced step reads it as is
-        key = (w.data_ptr(), w.dtype, w.device)
-        if self._matrix is None or self._matrix[0] != key:
-            self._matrix = (key, w.detach().permute(2, 1, 0).reshape(-1, w.shape[0]).contiguous())
-        return self._matrix[1]
+        """The kernel as (k * C_in, C_out) for the im2col path (computed once; `StreamGraph` prepares it)."""
+        return derived(
+            self._cache,
+            "matrix",
+            self.module.weight,
+            lambda w: w.permute(2, 1, 0).reshape(-1, w.shape[0]).contiguous(),
+        )
 
     def bind(self, in_offset, in_rate, spec_in, states):
         s = self.stride
@@ -278,7 +278,7 @@ class ConvTranspose(StreamNode):
         self.output_padding = module.output_padding[0]
         self.blocks = -(-self.kernel // self.stride)  # stride-long blocks of the (zero-extended) kernel
         self.tail = (self.blocks - 1) * self.stride
-        self._matrix: tuple[tuple, torch.Tensor] | None = None
+        self._cache: dict = {}  # prepared kernels (`derived`)
 
     def bind(self, in_offset, in_rate, spec_in, states):
         self.in_offset, self.in_rate = in_offset, in_rate
@@ -297,15 +297,14 @@ class ConvTranspose(StreamNode):
         return torch.where(n > 0, full, torch.zeros_like(full))
 
     def matrix(self) -> torch.Tensor:
-        """The kernel as (C_in, C_out * blocks * stride), zero-extended to whole blocks (cached)."""
-        w = self.module.weight
-        if torch.compiler.is_compiling() and self._matrix is not None:
-            return self._matrix[1]  # prepared eagerly (`StreamGraph` does); a traced step reads it as is
-        key = (w.data_ptr(), w.dtype, w.device)
-        if self._matrix is None or self._matrix[0] != key:
-            ext = F.pad(w.detach(), (0, self.blocks * self.stride - self.kernel))
-            self._matrix = (key, ext.reshape(w.shape[0], -1).contiguous())
-        return self._matrix[1]
+        """The kernel as (C_in, C_out * blocks * stride), zero-extended to whole blocks (computed once)."""
+        pad = self.blocks * self.stride - self.kernel
+        return derived(
+            self._cache,
+            "matrix",
+            self.module.weight,
+            lambda w: F.pad(w, (0, pad)).reshape(w.shape[0], -1).contiguous(),
+        )
 
     def step(self, x, n, state, new, st):
         s, c_out, m = self.stride, self.module.out_channels, self.blocks

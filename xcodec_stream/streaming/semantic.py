@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from xcodec_stream.model.layers import derived
 from xcodec_stream.model.semantic import FeatureEncoder
 from xcodec_stream.streaming.graph import StreamGraph, chain_from_module
 from xcodec_stream.streaming.layers import Chain, Conv, Pointwise, StreamNode, time_mask
@@ -175,7 +176,7 @@ class SemanticStream:
         # price is twice the memory. Frames before the signal's start are masked by position.
         self.cache = cache and left > 0
         self.cached_queries = cache
-        self._pos_w: tuple[tuple, torch.Tensor] | None = None
+        self._cache: dict = {}  # prepared kernels (`derived`)
         if cache:  # prepared now, not inside a compiled step
             pe = sm.encoder.pos_conv_embed.conv
             self._pos_conv(pe.weight.new_zeros(1, pe.in_channels, pe.kernel_size[0]), pe)
@@ -259,12 +260,13 @@ class SemanticStream:
         g, k = conv.groups, conv.kernel_size[0]
         b, c, _ = xp.shape
         n = xp.shape[-1] - k + 1
-        weight = conv.weight
-        key = (weight.data_ptr(), weight.dtype, weight.device)
-        if self._pos_w is None or (not torch.compiler.is_compiling() and self._pos_w[0] != key):
-            w = weight.detach()  # (C_out, C_in / g, k)
-            self._pos_w = (key, w.reshape(g, w.shape[0] // g, -1).transpose(1, 2).contiguous())
-        w = self._pos_w[1]  # (g, C_in / g * k, C_out / g)
+        # (C_out, C_in / g, k) -> (g, C_in / g * k, C_out / g)
+        w = derived(
+            self._cache,
+            "pos_conv",
+            conv.weight,
+            lambda w: w.reshape(g, w.shape[0] // g, -1).transpose(1, 2).contiguous(),
+        )
         win = xp.unfold(-1, k, 1).reshape(b, g, c // g, n, k).permute(1, 0, 3, 2, 4).reshape(g, b * n, -1)
         y = torch.bmm(win, w).view(g, b, n, -1).permute(1, 0, 3, 2).reshape(b, -1, n)
         return y if conv.bias is None else y + conv.bias[:, None]
