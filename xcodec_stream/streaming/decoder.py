@@ -162,11 +162,6 @@ class StreamingDecoder(SlotEngine):
     def _no_codes(self) -> torch.Tensor:
         return torch.zeros(self.num_quantizers, 0, dtype=torch.long)
 
-    def _check_sync(self, rows: np.ndarray, use: str) -> None:
-        sizes = {self.pending[r].shape[1] for r in rows}
-        if len(sizes) > 1 or not (self.pos[rows] == self.pos[rows[0]]).all():
-            raise ValueError(f"the rows are not in sync (different stream positions); use {use}")
-
     def _as_codes(self, codes: object, dims: int) -> torch.Tensor:
         t = codes if isinstance(codes, torch.Tensor) else torch.as_tensor(np.asarray(codes))
         if t.dim() != dims:
@@ -187,24 +182,20 @@ class StreamingDecoder(SlotEngine):
             return self.emitted[r] < self.end[r] * self.frame_size
         return self.pending[r].shape[1] >= self.step_frames
 
-    def _drain(self, rows: list[int], flushing: bool) -> dict[int, torch.Tensor]:
+    def _take(self, due: np.ndarray) -> list[torch.Tensor]:
         K = self.step_frames
-        parts: dict[int, list[torch.Tensor]] = {r: [] for r in rows}
-        while True:
-            due = np.array([r for r in rows if self._due(r, flushing)], dtype=np.int64)
-            if not len(due):
-                break
-            codes = torch.zeros(len(due), self.num_quantizers, K, dtype=torch.long)
-            n_q = torch.zeros(len(due), K, dtype=torch.long)  # past the pending codes: no codebook
-            for i, r in enumerate(due):  # assembling input, not compute
-                take = self.pending[r][:, :K]
-                codes[i, :, : take.shape[1]] = take
-                n_q[i, : take.shape[1]] = torch.from_numpy(self.pending_q[r][:K])
-                self.pending[r] = self.pending[r][:, K:]
-                self.pending_q[r] = self.pending_q[r][K:]
-            for r, y in zip(due, self._advance(due, codes, n_q), strict=True):
-                parts[int(r)].append(y)
-        return {r: torch.cat(p) if p else torch.zeros(0) for r, p in parts.items()}
+        codes = torch.zeros(len(due), self.num_quantizers, K, dtype=torch.long)
+        n_q = torch.zeros(len(due), K, dtype=torch.long)  # past the pending codes: no codebook
+        for i, r in enumerate(due):  # assembling input, not compute
+            take = self.pending[r][:, :K]
+            codes[i, :, : take.shape[1]] = take
+            n_q[i, : take.shape[1]] = torch.from_numpy(self.pending_q[r][:K])
+            self.pending[r] = self.pending[r][:, K:]
+            self.pending_q[r] = self.pending_q[r][K:]
+        return [codes, n_q]
+
+    def _join(self, r: int, parts: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(parts) if parts else torch.zeros(0)
 
     def _advance(self, rows: np.ndarray, codes: torch.Tensor, n_q: torch.Tensor) -> list[torch.Tensor]:
         hop, K = self.frame_size, self.step_frames
@@ -236,10 +227,9 @@ class StreamingDecoder(SlotEngine):
         # outside the signal the decoder's input is zero (offline zero padding), not fc2's bias
         if masking:
             latent = latent * time_mask(pos, K, end).to(latent.dtype)
-        if self.speculative:
-            p = torch.minimum(pos + K, end)
-            y, new = self.graph.step(latent, state, pos, p, frames=K, speculate=True, masking=masking)
-        else:
-            y, new = self.graph.step(latent, state, pos, end, frames=K, masking=masking)
+        stop = torch.minimum(pos + K, end) if self.speculative else end  # speculating: the codes end here
+        y, new = self.graph.step(
+            latent, state, pos, stop, frames=K, speculate=self.speculative, masking=masking
+        )
         first = self.graph.delay - self.lag_samples  # output j has time pos * hop - delay + j
         return y[:, 0, first : first + K * hop], new

@@ -181,11 +181,6 @@ class StreamingEncoder(SlotEngine):
         return out
 
     # ---- internals ---------------------------------------------------------------------------------
-    def _check_sync(self, rows: np.ndarray, use: str) -> None:
-        sizes = {self.pending[r].numel() for r in rows}
-        if len(sizes) > 1 or not (self.pos[rows] == self.pos[rows[0]]).all():
-            raise ValueError(f"the rows are not in sync (different stream positions); use {use}")
-
     def _uniform_n_q(self, rows: np.ndarray) -> int:
         n_q = self.n_q_slot[rows]
         if not (n_q == n_q[0]).all():
@@ -197,28 +192,18 @@ class StreamingEncoder(SlotEngine):
             return self.end[r] > 0 and self.pos[r] - self.lag < self.end[r]
         return self.pending[r].numel() >= self.step_frames * self.frame_size
 
-    def _drain(self, rows: list[int], flushing: bool) -> dict[int, torch.Tensor]:
-        """Run static steps while any of `rows` has a whole step of input (or, flushing, codes to bring out)."""
+    def _take(self, due: np.ndarray) -> list[torch.Tensor]:
         span = self.step_frames * self.frame_size
-        parts: dict[int, list[torch.Tensor]] = {r: [] for r in rows}
-        while True:
-            due = np.array([r for r in rows if self._due(r, flushing)], dtype=np.int64)
-            if not len(due):
-                break
-            x = torch.zeros(len(due), span)
-            for i, r in enumerate(due):  # assembling input, not compute
-                take = self.pending[r][:span]
-                x[i, : take.numel()] = take
-                self.pending[r] = self.pending[r][span:]
-            codes = self._advance(due, x)
-            for r, c in zip(due, codes, strict=True):
-                parts[int(r)].append(c)
-        return {
-            r: (torch.cat(p, dim=-1) if p else torch.zeros(self.max_n_q, 0, dtype=torch.long))[
-                : self.n_q_slot[r]
-            ].contiguous()
-            for r, p in parts.items()
-        }
+        x = torch.zeros(len(due), span)
+        for i, r in enumerate(due):  # assembling input, not compute
+            take = self.pending[r][:span]
+            x[i, : take.numel()] = take
+            self.pending[r] = self.pending[r][span:]
+        return [x]
+
+    def _join(self, r: int, parts: list[torch.Tensor]) -> torch.Tensor:
+        codes = torch.cat(parts, dim=-1) if parts else torch.zeros(self.max_n_q, 0, dtype=torch.long)
+        return codes[: self.n_q_slot[r]].contiguous()
 
     def _advance(self, rows: np.ndarray, x: torch.Tensor) -> list[torch.Tensor]:
         """One static step for `rows`; returns each row's new codes (max_n_q, F_i) on the CPU."""
@@ -248,13 +233,11 @@ class StreamingEncoder(SlotEngine):
         K = self.step_frames
         new: dict[str, torch.Tensor] = {}
         p = pos + K
-        if self.speculative:  # the signal taken to end where the input stops: the acoustic lookahead's guess
-            stop = torch.minimum(p, end)
-            y, a_new = self.acoustic.step(
-                x[:, None], state, pos, stop, frames=K, speculate=True, masking=masking
-            )
-        else:
-            y, a_new = self.acoustic.step(x[:, None], state, pos, end, frames=K, masking=masking)
+        # speculating, the signal is taken to end where the input stops: the acoustic lookahead's guess
+        stop = torch.minimum(p, end) if self.speculative else end
+        y, a_new = self.acoustic.step(
+            x[:, None], state, pos, stop, frames=K, speculate=self.speculative, masking=masking
+        )
         new.update(a_new)
         first = self.acoustic.delay - self.acoustic_lag  # output j has frame time pos - delay + j
         lat_a = self._wait(y[..., first : first + K], state, new, "ring.acoustic")

@@ -148,6 +148,40 @@ class SlotEngine:
     def _reset_rows(self, rows: np.ndarray) -> None:
         """Engine-specific counters of `rows` back to a fresh session."""
 
+    # ---- regrouping input into whole steps ----------------------------------------------------------------
+    # Subclasses keep per-row pending input in `self.pending[r]` (time on the last axis) and define `_due`,
+    # `_take` (the due rows' input of one step, taken off their buffers), `_advance` (one step) and `_join`.
+    pending: list[torch.Tensor]
+
+    def _check_sync(self, rows: np.ndarray, use: str) -> None:
+        sizes = {self.pending[r].shape[-1] for r in rows}
+        if len(sizes) > 1 or not (self.pos[rows] == self.pos[rows[0]]).all():
+            raise ValueError(f"the rows are not in sync (different stream positions); use {use}")
+
+    def _drain(self, rows: list[int], flushing: bool) -> dict[int, torch.Tensor]:
+        """Run static steps while any of `rows` has a whole step of input (or, flushing, output to bring
+        out); returns each row's output joined."""
+        parts: dict[int, list[torch.Tensor]] = {r: [] for r in rows}
+        while True:
+            due = np.array([r for r in rows if self._due(r, flushing)], dtype=np.int64)
+            if not len(due):
+                break
+            for r, out in zip(due, self._advance(due, *self._take(due)), strict=True):
+                parts[int(r)].append(out)
+        return {r: self._join(r, p) for r, p in parts.items()}
+
+    def _due(self, r: int, flushing: bool) -> bool:
+        raise NotImplementedError
+
+    def _take(self, due: np.ndarray) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def _advance(self, rows: np.ndarray, *inputs: torch.Tensor) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def _join(self, r: int, parts: list[torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
     def state_bytes(self) -> int:
         """Bytes held by per-session state (constant while streams run)."""
         return self.bank.nbytes()
