@@ -57,10 +57,15 @@ def markdown_table(headers: list[str], rows: list[list[object]]) -> str:
 
 def write_section(name: str, body: str, path: str | Path = "docs/BENCHMARKS.md") -> Path:
     """Replace (or append) the section delimited by markers for `name`, leaving the other sections alone."""
+    return replace_between(path, f"<!-- bench:{name}:begin -->", f"<!-- bench:{name}:end -->", body, HEADER)
+
+
+def replace_between(path: str | Path, begin: str, end: str, body: str, header: str) -> Path:
+    """Put `body` between the markers `begin` and `end` of the file (appended with them if missing; the file
+    created with `header` if missing); the rest of the file stays as it is."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    text = path.read_text() if path.exists() else HEADER
-    begin, end = f"<!-- bench:{name}:begin -->", f"<!-- bench:{name}:end -->"
+    text = path.read_text() if path.exists() else header
     block = f"{begin}\n{body.rstrip()}\n{end}"
     pattern = re.compile(re.escape(begin) + ".*?" + re.escape(end), re.S)
     text = (

@@ -1,11 +1,12 @@
-"""`xcodec-stream eval`: fidelity of the streaming engine against offline, per preset; writes docs/STREAMING.md."""
+"""`xcodec-stream eval`: fidelity of the streaming engine against offline, per preset; writes docs/STREAMING.md.
+`eval --quality`: speech quality (PESQ-WB, STOI) of offline and streamed decoding and of Opus; docs/QUALITY.md."""
 
 from __future__ import annotations
 
 import argparse
 import glob
+import json
 import math
-import re
 import shlex
 import sys
 from pathlib import Path
@@ -19,10 +20,13 @@ BEGIN, END = "<!-- eval:begin -->", "<!-- eval:end -->"
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "eval",
-        help="measure streaming fidelity vs offline per latency preset; writes docs/STREAMING.md and a plot",
+        help="measure streaming fidelity vs offline per latency preset (or, with --quality, PESQ-WB/STOI "
+        "against the input and Opus); writes a docs section and a plot",
         description="Streams each clip through the streaming encoder and decoder for every preset (and a sweep "
         "of custom options) and compares with offline encode/decode of the same whole signal: code agreement "
-        "per quantizer, SNR of the streamed decode, decode-only SNR, algorithmic latency.",
+        "per quantizer, SNR of the streamed decode, decode-only SNR, algorithmic latency. With --quality: "
+        "PESQ-WB and STOI of the decoded audio against the input, offline and per preset, at every bandwidth "
+        "of the model, next to Opus at 4, 6 and 8 kbps.",
     )
     add_model_arguments(p, default="random:full")
     p.add_argument(
@@ -34,14 +38,32 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out",
         type=Path,
-        default=Path("docs/STREAMING.md"),
-        help="markdown file to update (section between eval markers)",
+        default=None,
+        help="markdown file to update, section between eval markers (default: docs/STREAMING.md; "
+        "with --quality, between quality markers of docs/QUALITY.md)",
     )
     p.add_argument(
         "--plot",
         type=Path,
         default=None,
-        help="PNG of fidelity vs latency (default: streaming_fidelity.png next to --out)",
+        help="PNG of fidelity vs latency (default: streaming_fidelity.png next to --out; with --quality, "
+        "PESQ/STOI vs bitrate, quality.png next to --out)",
+    )
+    p.add_argument(
+        "--quality",
+        action="store_true",
+        help="measure speech quality (PESQ-WB, STOI) against the input instead of fidelity to offline",
+    )
+    p.add_argument(
+        "--bandwidths",
+        default=None,
+        help="with --quality: comma-separated kbps, among the model's (default: all of the model's)",
+    )
+    p.add_argument(
+        "--json",
+        type=Path,
+        default=None,
+        help="with --quality: JSON of every number, per clip too (default: quality.json next to --out)",
     )
     p.add_argument(
         "--presets", default="exact,balanced,low", help="comma-separated presets to measure (default: all)"
@@ -74,18 +96,15 @@ def run(args: argparse.Namespace) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    presets = [p.strip() for p in args.presets.split(",") if p.strip()]
-    unknown = [p for p in presets if p not in PRESETS]
-    if unknown:
-        raise ValueError(f"unknown preset(s) {', '.join(unknown)}; known: {', '.join(PRESETS)}")
+    presets = _presets(args.presets)
     paths = _clip_paths(args.clips)
+    if args.quality:
+        return _run_quality(args, presets, paths)
+    args.out = args.out or Path("docs/STREAMING.md")
     configs = [(name, PRESETS[name]) for name in presets] + ([] if args.no_sweep else sweep())
     model = load_model(args.model, args.device, args.dtype)
     rate = model.config.sample_rate
-    clips = []
-    for path in paths:
-        wave, sr, _ = read_audio(path)
-        clips.append(resample(wave, sr, rate).to(torch.float32))
+    clips = _read_clips(paths, rate)
     results = []
     with tqdm(
         total=len(paths) * (1 + len(configs)), desc="eval", unit="clip", disable=args.quiet, file=sys.stderr
@@ -100,18 +119,82 @@ def run(args: argparse.Namespace) -> int:
             results.append(measure(model, refs, options, label, progress=bar))
     plot = args.plot or args.out.with_name("streaming_fidelity.png")
     seconds = sum(c.shape[0] for c in clips) / rate
-    command = (
-        "xcodec-stream " + " ".join(shlex.quote(a) for a in _without_outputs(sys.argv[1:]))
-        if sys.argv[1:2] == ["eval"]
-        else (f"xcodec-stream eval --model {args.model}")
-    )
     section = _section(
-        results, presets, str(args.model), paths, seconds, plot, args.out, command, machine(), today()
+        results, presets, str(args.model), paths, seconds, plot, args.out, _command(args), machine(), today()
     )
     _write_section(args.out, section)
     _plot(results, presets, plot, str(args.model))
     print(_table(results, presets))
     print(f"wrote {args.out} and {plot}", file=sys.stderr)
+    return 0
+
+
+def _presets(spec: str) -> list[str]:
+    from xcodec_stream.streaming.presets import PRESETS
+
+    presets = [p.strip() for p in spec.split(",") if p.strip()]
+    unknown = [p for p in presets if p not in PRESETS]
+    if unknown:
+        raise ValueError(f"unknown preset(s) {', '.join(unknown)}; known: {', '.join(PRESETS)}")
+    return presets
+
+
+def _read_clips(paths: list[Path], rate: int) -> list:
+    """Each clip as a float32 tensor at `rate`, mono."""
+    import torch
+
+    clips = []
+    for path in paths:
+        wave, sr, _ = read_audio(path)
+        clips.append(resample(wave, sr, rate).to(torch.float32))
+    return clips
+
+
+def _command(args: argparse.Namespace) -> str:
+    """The command that reproduces the numbers (as run, less where it wrote)."""
+    if sys.argv[1:2] == ["eval"]:
+        return "xcodec-stream " + " ".join(shlex.quote(a) for a in _without_outputs(sys.argv[1:]))
+    return f"xcodec-stream eval {'--quality ' if args.quality else ''}--model {args.model}"
+
+
+def _run_quality(args: argparse.Namespace, presets: list[str], paths: list[Path]) -> int:
+    from tqdm import tqdm
+
+    from xcodec_stream.bench.report import machine, replace_between, today
+    from xcodec_stream.evaluation import opus, quality
+    from xcodec_stream.evaluation.plot import plot
+
+    out = args.out or Path("docs/QUALITY.md")
+    plot_path = args.plot or out.with_name("quality.png")
+    json_path = args.json or out.with_name("quality.json")
+    model = load_model(args.model, args.device, args.dtype)
+    bandwidths = list(model.config.target_bandwidths)
+    if args.bandwidths:
+        wanted = [float(b) for b in args.bandwidths.split(",") if b.strip()]
+        unknown = [f"{b:g}" for b in wanted if b not in bandwidths]
+        if unknown:
+            known = ", ".join(f"{b:g}" for b in bandwidths)
+            raise ValueError(f"bandwidth(s) {', '.join(unknown)} kbps not in the model's ({known})")
+        bandwidths = wanted
+    names = [p.name for p in paths]
+    if len(set(names)) < len(names):
+        raise ValueError("clips are reported by file name: two clips have the same name")
+    clips = dict(zip(names, _read_clips(paths, model.config.sample_rate), strict=True))
+    per_clip = 1 + len(presets) + (opus.unavailable() is None)
+    with tqdm(
+        total=len(clips) * per_clip, desc="quality", unit="run", disable=args.quiet, file=sys.stderr
+    ) as bar:
+        result = quality.evaluate(model, clips, bandwidths, presets, progress=bar)
+    command, machine_line, date = _command(args), machine(), today()
+    body = quality.section(result, str(args.model), command, machine_line, date, _relative(plot_path, out))
+    replace_between(out, quality.BEGIN, quality.END, body, "# Speech quality\n")
+    plot(result, plot_path, str(args.model))
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    record = quality.record(result, str(args.model), command, machine_line, date)
+    json_path.write_text(json.dumps(record, indent=1, allow_nan=False) + "\n")
+    print("PESQ-WB\n" + quality.table(result, "pesq") + "\n\nSTOI\n" + quality.table(result, "stoi"))
+    print(quality.opus_note(result))
+    print(f"wrote {out}, {plot_path} and {json_path}", file=sys.stderr)
     return 0
 
 
@@ -194,27 +277,22 @@ def _relative(path: Path, doc: Path) -> str:
 
 
 def _without_outputs(argv: list[str]) -> list[str]:
-    """The command as run, less where it wrote (--out / --plot): what reproduces the numbers."""
+    """The command as run, less where it wrote (--out / --plot / --json): what reproduces the numbers."""
     out, skip = [], False
     for a in argv:
         if skip:
             skip = False
-        elif a in ("--out", "--plot"):
+        elif a in ("--out", "--plot", "--json"):
             skip = True
-        elif not a.startswith(("--out=", "--plot=")):
+        elif not a.startswith(("--out=", "--plot=", "--json=")):
             out.append(a)
     return out
 
 
 def _write_section(path: Path, body: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    text = path.read_text() if path.exists() else "# Streaming\n"
-    block = f"{BEGIN}\n{body.rstrip()}\n{END}"
-    pattern = re.compile(re.escape(BEGIN) + ".*?" + re.escape(END), re.S)
-    text = (
-        pattern.sub(lambda _m: block, text) if pattern.search(text) else text.rstrip() + "\n\n" + block + "\n"
-    )
-    path.write_text(text)
+    from xcodec_stream.bench.report import replace_between
+
+    replace_between(path, BEGIN, END, body, "# Streaming\n")
 
 
 def _plot(results: list, presets: list[str], path: Path, model_id: str) -> None:

@@ -1,0 +1,1 @@
+"""Quality evaluation of the codec: perceptual metrics (PESQ-WB, STOI) against the input, Opus as reference."""
