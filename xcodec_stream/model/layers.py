@@ -17,6 +17,9 @@ def snake(x: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
     which matters because Snake runs on every sample of every channel of the DAC (about half of the
     decoder's time). A fused `addcmul` would be faster still but rounds differently.
     """
+    if torch.is_grad_enabled() and (x.requires_grad or alpha.requires_grad):
+        # training: in-place sin_ would overwrite what autograd needs for the backward pass
+        return x + (alpha + 1e-9).reciprocal() * torch.sin(alpha * x).pow(2)
     y = torch.mul(x, alpha)
     y.sin_()
     y.pow_(2)

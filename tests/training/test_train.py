@@ -1,0 +1,125 @@
+"""The training loop on the tiny config: it learns, resumes bit for bit, and exports a checkpoint that our
+loader (strict) and transformers both read with the same codes."""
+
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import soundfile as sf
+import torch
+
+from xcodec_stream import XcodecConfig, XcodecModel
+from xcodec_stream.model.layers import snake
+from xcodec_stream.model.random_init import calibration_signal
+from xcodec_stream.training.recipe import TrainConfig, speech_small_config
+from xcodec_stream.training.trainer import LOG_NAME, STATE_NAME, Trainer
+from xcodec_stream.training.vq import EmaResidualVQ
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("corpus")
+    for seed in range(3):
+        sf.write(folder / f"clip{seed}.wav", calibration_signal(2.0, seed=seed + 1), 16000)
+    return folder
+
+
+def _config(**overrides) -> TrainConfig:
+    base = dict(
+        steps=6,
+        batch_size=2,
+        segment_seconds=0.32,
+        warmup_steps=1,
+        vq_start=2,
+        gan_start=3,
+        checkpoint_every=3,
+        min_rms=1e-4,
+    )
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
+def _trainer(corpus, out, config, resume=False):
+    return Trainer(corpus, out, config, resume=resume, progress=False, model_config=XcodecConfig.tiny())
+
+
+def test_snake_training_path_equals_inference_path():
+    x = torch.randn(2, 4, 50)
+    alpha = torch.rand(1, 4, 1) + 0.5
+    expected = snake(x, alpha)
+    alpha_g = alpha.clone().requires_grad_(True)
+    y = snake(x, alpha_g)
+    assert torch.allclose(y, expected, atol=1e-6)
+    y.sum().backward()  # the inference path's in-place ops would make this raise
+    assert alpha_g.grad is not None and torch.isfinite(alpha_g.grad).all()
+
+
+def test_ema_vq_moves_codes_to_cluster_means_and_reseeds_dead_ones():
+    embed = torch.zeros(1, 4, 2)
+    vq = EmaResidualVQ(embed, decay=0.0, dead_threshold=0.5, seed=0).train()
+    points = torch.tensor([[1.0, 0.0], [1.2, 0.0], [0.0, 5.0], [0.0, 5.2]])
+    vq.seed_codebooks(points, iters=5)
+    z = points.t()[None]  # (1, D=2, F=4)
+    quantized, commit, codes = vq(z, 1)
+    # with decay 0 each used code is exactly the mean of what it was given
+    means = {int(c): points[codes[0, 0] == c].mean(0) for c in codes[0, 0].unique()}
+    for c, mean in means.items():
+        assert torch.allclose(embed[0, c], mean, atol=1e-4)
+    # codes nobody chose were moved onto points of the batch
+    for c in set(range(4)) - set(means):
+        assert any(torch.allclose(embed[0, c], p) for p in points)
+    # straight-through: gradients reach the input as if unquantized
+    z = points.t()[None].clone().requires_grad_(True)
+    quantized, commit, _ = vq.eval()(z, 1)
+    quantized.sum().backward()
+    assert torch.equal(z.grad, torch.ones_like(z))
+
+
+def test_training_learns_and_writes_a_checkpoint_both_loaders_read(corpus, tmp_path):
+    import transformers
+
+    out = _trainer(corpus, tmp_path / "run", _config(steps=12, gan_start=6)).run()
+    log = [json.loads(line) for line in (out / LOG_NAME).read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(12))
+    assert all(torch.isfinite(torch.tensor(r["mel"])) for r in log)
+    assert "adv" in log[-1] and "n_q" in log[-1] and "adv" not in log[5]
+    assert sum(r["mel"] for r in log[-3:]) < sum(r["mel"] for r in log[:3])  # it learns
+    ours = XcodecModel.from_pretrained(out)  # strict: every key, every shape
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tm = transformers.XcodecModel.from_pretrained(out).eval()
+    x = torch.from_numpy(calibration_signal(0.7, seed=9))[None, None]
+    with torch.inference_mode():
+        codes = ours.encode(x).audio_codes
+        assert torch.equal(tm.encode(x).audio_codes, codes)
+        assert codes.unique().numel() > 5  # the codebooks were seeded, not left at zero
+        assert (tm.decode(codes).audio_values - ours.decode(codes).audio_values).abs().max() < 1e-4
+
+
+def test_resume_continues_the_same_run(corpus, tmp_path):
+    straight = _trainer(corpus, tmp_path / "a", _config())
+    straight.run()
+    first = _trainer(corpus, tmp_path / "b", _config())
+    assert first.run(stop_at=3) is None
+    assert (tmp_path / "b" / STATE_NAME).is_file()
+    resumed = _trainer(corpus, tmp_path / "b", _config(), resume=True)
+    assert resumed.step == 3
+    resumed.run()
+    for (name, a), b in zip(
+        straight.model.state_dict().items(), resumed.model.state_dict().values(), strict=True
+    ):
+        assert torch.equal(a, b), name
+    log = [json.loads(line) for line in (tmp_path / "b" / LOG_NAME).read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(6))
+
+
+def test_speech_small_recipe_fits_the_size_budget():
+    from xcodec_stream.model.loading import to_transformers_state_dict
+
+    model = XcodecModel(speech_small_config())
+    size = sum(v.numel() * v.element_size() for v in to_transformers_state_dict(model).values())
+    assert size <= 20e6

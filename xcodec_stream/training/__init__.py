@@ -1,0 +1,1 @@
+"""Training a small X-Codec on speech: corpus, data, losses, discriminators, the training loop."""
