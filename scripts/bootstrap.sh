@@ -9,6 +9,10 @@ if [ ! -x .venv/bin/python ]; then
   echo "bootstrap: creating .venv" >&2
   "$py" -m venv .venv
 fi
+# system packages first: the test extras build pesq from source (a C compiler)
+if [ "$extra" = "test" ]; then
+  scripts/system-deps.sh || echo "bootstrap: system audio/browser packages unavailable; those tests will skip with a reason" >&2
+fi
 want="$(sha256sum pyproject.toml | cut -c1-16)-${extra:-base}"
 stamp=.venv/.xcodec-stream-installed
 have="$(cat "$stamp" 2>/dev/null || true)"
@@ -21,7 +25,4 @@ if ! grep -qx -- "$want" <<<"$have" 2>/dev/null; then
     .venv/bin/python -m pip install -q -e .
   fi
   printf '%s\n%s\n' "$have" "$want" | grep -v '^$' > "$stamp"
-fi
-if [ "$extra" = "test" ]; then
-  scripts/system-deps.sh || echo "bootstrap: system audio/browser packages unavailable; those tests will skip with a reason" >&2
 fi
