@@ -8,7 +8,7 @@ import sys
 
 # Modules under xcodec_stream.cli, in help order; each defines add_parser(subparsers), which registers its
 # subcommand and sets `func` to its run(args) -> int.
-SUBCOMMANDS = ("encode", "decode", "serve", "client", "evaluate", "bench", "train")
+SUBCOMMANDS = ("encode", "decode", "serve", "client", "evaluate", "bench", "train", "corpus")
 
 
 def build_parser() -> argparse.ArgumentParser:
