@@ -19,6 +19,15 @@ OPUS = "Opus"
 BEGIN, END = "<!-- quality:begin -->", "<!-- quality:end -->"
 
 
+def require() -> None:
+    """A one-line error instead of an ImportError deep in the run: the metrics come with the test extras."""
+    import importlib.util
+
+    missing = [m for m in ("pesq", "pystoi") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise RuntimeError(f"the quality metrics need {' and '.join(missing)}: pip install -e '.[test]'")
+
+
 def pesq_wb(reference: np.ndarray, degraded: np.ndarray) -> float:
     """PESQ-WB (ITU-T P.862.2 MOS-LQO, about 1.04 to 4.64); NaN where PESQ cannot score (e.g. silence)."""
     from pesq import pesq
@@ -125,6 +134,7 @@ def evaluate(
 ) -> Quality:
     """Score every clip (16 kHz mono float32) in every mode and bandwidth, and Opus; `progress.update(1)`
     after each (clip, mode), Opus counting as one mode."""
+    require()
     if model.config.sample_rate != RATE:
         raise ValueError(f"PESQ-WB needs {RATE} Hz audio; the model runs at {model.config.sample_rate} Hz")
     reason = opus.unavailable()
