@@ -119,15 +119,21 @@ def test_client_flag_errors(capsys) -> None:
         main(["client", "--file", "x.wav", "--mic"])  # mutually exclusive sources
 
 
-def test_serve_without_checkpoint_fails_in_one_line_or_falls_back_loudly(monkeypatch, caplog) -> None:
+@pytest.mark.parametrize("builtin", [True, False], ids=["builtin-checkpoint", "no-builtin"])
+def test_serve_without_checkpoint_fails_in_one_line_or_falls_back_loudly(
+    monkeypatch, caplog, tmp_path, builtin
+) -> None:
     from xcodec_stream.model import xcodec
 
     def fake_load(name, dtype=None, device=None):
-        if name.startswith("random:"):
+        if name.startswith("random:") or name == str(tmp_path):
             return f"model<{name}>"
         raise OSError(f"cannot load model {name!r}: not in the cache and the hub is unreachable")
 
     monkeypatch.setattr(xcodec.XcodecModel, "from_pretrained", staticmethod(fake_load))
+    monkeypatch.setattr(serve_cli, "BUILTIN_CHECKPOINT", tmp_path)
+    if builtin:
+        (tmp_path / "model.safetensors").write_bytes(b"")
     with pytest.raises(RuntimeError) as info:
         serve_cli.load_model("hf-audio/xcodec-hubert-librispeech", "cpu", "float32", fallback_random=False)
     msg = str(info.value)
@@ -136,8 +142,12 @@ def test_serve_without_checkpoint_fails_in_one_line_or_falls_back_loudly(monkeyp
         model, served = serve_cli.load_model(
             "hf-audio/xcodec-hubert-librispeech", "cpu", "float32", fallback_random=True
         )
-    assert (model, served) == ("model<random:full>", "random:full")
-    assert "WILL NOT BE SPEECH" in caplog.text
+    if builtin:
+        assert (model, served) == (f"model<{tmp_path}>", "checkpoints/speech-small")
+        assert "DEMO QUALITY" in caplog.text and "checkpoints/speech-small" in caplog.text
+    else:
+        assert (model, served) == ("model<random:full>", "random:full")
+        assert "WILL NOT BE SPEECH" in caplog.text
 
 
 def test_top_level_scripts_are_thin() -> None:

@@ -14,6 +14,10 @@ from pathlib import Path
 log = logging.getLogger("xcodec_stream.serve")
 
 FALLBACK_MODEL = "random:full"
+# Trained here on a CPU (see its README): speech, at demo quality. Served when the configured checkpoint
+# cannot be had, before random weights; absent from installs that are not a clone of the repository.
+BUILTIN_CHECKPOINT = Path(__file__).resolve().parents[2] / "checkpoints" / "speech-small"
+BUILTIN_NAME = "checkpoints/speech-small"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -41,7 +45,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "--fallback-random",
         action="store_true",
         default=None,
-        help="if the checkpoint cannot be had, serve random:full weights instead (LOUD warning: not speech)",
+        help="if the checkpoint cannot be had, serve the built-in demo checkpoint checkpoints/speech-small "
+        "(or random:full weights where it is missing: LOUD warning, not speech)",
     )
     p.add_argument("--log-level", default=None, help="debug, info (default), warning, error")
     p.add_argument(
@@ -83,15 +88,24 @@ def load_model(model_id: str, device: str, dtype: str, fallback_random: bool):
             ) from None
         reason = str(exc).splitlines()[0]
     bar = "!" * 100
-    for line in (
-        bar,
-        f"!!! WARNING: model {model_id!r} could not be loaded: {reason}",
-        f"!!! WARNING: serving {FALLBACK_MODEL} (RANDOM WEIGHTS): THE AUDIO WILL NOT BE SPEECH.",
-        "!!! Good for trying the protocol, latency and load; useless for listening.",
-        bar,
-    ):
+    if (BUILTIN_CHECKPOINT / "model.safetensors").is_file():
+        lines = (
+            f"!!! model {model_id!r} could not be loaded: {reason}",
+            f"!!! serving the built-in checkpoint {BUILTIN_NAME}: DEMO QUALITY speech (a 4 M-parameter codec",
+            "!!! trained for under two hours on a CPU; see its README). For real quality pass --model with a",
+            "!!! public X-Codec checkpoint (README: 'Using a real checkpoint').",
+        )
+        fallback, name = str(BUILTIN_CHECKPOINT), BUILTIN_NAME
+    else:
+        lines = (
+            f"!!! WARNING: model {model_id!r} could not be loaded: {reason}",
+            f"!!! WARNING: serving {FALLBACK_MODEL} (RANDOM WEIGHTS): THE AUDIO WILL NOT BE SPEECH.",
+            "!!! Good for trying the protocol, latency and load; useless for listening.",
+        )
+        fallback = name = FALLBACK_MODEL
+    for line in (bar, *lines, bar):
         log.warning(line)
-    return load(FALLBACK_MODEL), FALLBACK_MODEL
+    return load(fallback), name
 
 
 def run(args: argparse.Namespace) -> int:
