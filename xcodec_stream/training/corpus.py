@@ -27,8 +27,9 @@ from xcodec_stream.training.corpus_voices import Voice, espeak_variants, find_vo
 
 SAMPLE_RATE = 16000
 EDGE_SILENCE_S = 0.1
-# Characters per second of each engine at its default rate: only to plan the minutes, files are measured.
-CHARS_PER_SECOND = 14.0
+# Characters per second of each engine at its default rate (measured on a 90-minute build): only to plan the
+# minutes, the files are measured.
+CHARS_PER_SECOND = {"espeak-ng": 11.0, "festival": 12.6, "flite": 11.2}
 ESPEAK_DEFAULT_WPM = 175
 
 
@@ -54,7 +55,7 @@ class Utterance:
         speed = self.rate / ESPEAK_DEFAULT_WPM if self.engine == "espeak-ng" else 1.0 / self.rate
         if self.engine == "festival":
             speed *= 2 ** (self.pitch / 12)
-        return len(self.text) / (CHARS_PER_SECOND * speed) + 2 * EDGE_SILENCE_S
+        return len(self.text) / (CHARS_PER_SECOND[self.engine] * speed) + 2 * EDGE_SILENCE_S
 
 
 class _EngineStream:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gzip
 import re
 import unicodedata
@@ -190,8 +191,9 @@ def load_sentences(source: TextSource) -> list[str]:
     return sentences
 
 
+@functools.cache  # parsing takes seconds; the installed packages do not change within a process
 def available_texts() -> dict[str, tuple[TextSource, list[str]]]:
-    """Language -> (source, sentences) for each installed text source that yields sentences."""
+    """Language -> (source, sentences) for each installed text source that yields sentences (do not modify)."""
     out = {}
     for source in SOURCES:
         sentences = load_sentences(source)
