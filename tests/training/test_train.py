@@ -14,7 +14,7 @@ from xcodec_stream import XcodecConfig, XcodecModel
 from xcodec_stream.model.layers import snake
 from xcodec_stream.model.random_init import calibration_signal
 from xcodec_stream.training.recipe import TrainConfig, speech_small_config
-from xcodec_stream.training.trainer import LOG_NAME, STATE_NAME, Trainer
+from xcodec_stream.training.trainer import CURVES_NAME, LOG_NAME, STATE_NAME, Trainer
 from xcodec_stream.training.vq import EmaResidualVQ
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
@@ -83,6 +83,7 @@ def test_training_learns_and_writes_a_checkpoint_both_loaders_read(corpus, tmp_p
     import transformers
 
     out = _trainer(corpus, tmp_path / "run", _config(steps=12, gan_start=6)).run()
+    assert (out / CURVES_NAME).stat().st_size > 10_000
     log = [json.loads(line) for line in (out / LOG_NAME).read_text().splitlines()]
     assert [r["step"] for r in log] == list(range(12))
     assert all(torch.isfinite(torch.tensor(r["mel"])) for r in log)

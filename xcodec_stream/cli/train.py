@@ -20,7 +20,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         "preprocessor_config.json) plus train-state.pt (for --resume) and training-log.jsonl. The defaults "
         "are the recipe of checkpoints/speech-small.",
     )
-    p.add_argument("--data", type=Path, required=True, help="corpus folder (wav files, searched recursively)")
+    p.add_argument(
+        "--data",
+        type=Path,
+        nargs="+",
+        required=True,
+        help="corpus folders (16 kHz wav files, searched recursively; clips drawn in proportion to length)",
+    )
     p.add_argument("--out", type=Path, required=True, help="output checkpoint folder")
     p.add_argument("--device", default="cpu", help="torch device: cpu (default) or cuda")
     p.add_argument("--resume", action="store_true", help="continue from OUT/train-state.pt if it exists")

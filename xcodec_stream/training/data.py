@@ -1,4 +1,4 @@
-"""Random fixed-length crops of a speech corpus (a folder of wav files), held in memory."""
+"""Random fixed-length crops of a speech corpus (folders of wav files), held in memory."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ class CropSampler:
             if len(audio) >= segment:
                 clips.append(audio)
         if not clips:
-            raise ValueError(f"no clip under {folder} is as long as one training segment ({segment} samples)")
+            raise ValueError(f"no clip is as long as one training segment ({segment} samples)")
         self.clips = clips
         self.segment = segment
         self.min_rms = min_rms

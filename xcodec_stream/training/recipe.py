@@ -35,16 +35,16 @@ def speech_small_config() -> XcodecConfig:
 class TrainConfig:
     """Hyperparameters of `xcodec-stream train` (defaults: the recipe of checkpoints/speech-small)."""
 
-    steps: int = 4000
+    steps: int = 3000
     batch_size: int = 8
     segment_seconds: float = 0.64  # 32 frames
-    lr: float = 6e-4
+    lr: float = 5e-4
     betas: tuple[float, float] = (0.8, 0.99)
     warmup_steps: int = 100
     final_lr_fraction: float = 0.05  # cosine decay to this fraction: late decay buys PESQ
     grad_clip: float = 100.0
     vq_start: int = 300  # steps of plain autoencoder before the codebooks are seeded (k-means) and used
-    gan_start: int = 600  # steps before the discriminators join
+    gan_start: int = 1000  # steps before the discriminators join (a step costs 1.5x with them)
     quantizer_dropout: float = 0.5  # fraction of steps trained with a random 1..n_q codebooks
     ema_decay: float = 0.99
     dead_code_threshold: float = 1.0  # EMA usage below which a code is re-seeded from the batch

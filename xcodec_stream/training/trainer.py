@@ -47,6 +47,7 @@ logger = logging.getLogger(__name__)
 
 STATE_NAME = "train-state.pt"
 LOG_NAME = "training-log.jsonl"
+CURVES_NAME = "training-curves.png"
 SEED_LATENT_BATCHES = 16  # batches of latents the codebooks' k-means sees
 
 
@@ -60,7 +61,7 @@ def _acoustic_convs(model: XcodecModel):
 class Trainer:
     def __init__(
         self,
-        data: str | Path,
+        data: str | Path | list,
         out: str | Path,
         config: TrainConfig,
         device: str = "cpu",
@@ -155,7 +156,9 @@ class Trainer:
         y = self.model.decode_latent(zq)
         gan = step >= cfg.gan_start
         if gan:
-            real_scores, _ = self.disc(x)
+            real_scores, real_features = self.disc(x)
+            # feature matching reuses these real features (from before this update): one pass fewer
+            real_features = [[f.detach() for f in maps] for maps in real_features]
             fake_scores, _ = self.disc(y.detach())
             d_loss = discriminator_loss(real_scores, fake_scores)
             self.opt_d.zero_grad(set_to_none=True)
@@ -168,8 +171,6 @@ class Trainer:
         loss = cfg.mel_weight * mel + cfg.waveform_weight * wave + cfg.commitment_weight * commit
         if gan:
             fake_scores, fake_features = self.disc(y)
-            with torch.no_grad():
-                _, real_features = self.disc(x)
             adv = generator_loss(fake_scores)
             fm = feature_loss(real_features, fake_features)
             loss = loss + cfg.adversarial_weight * adv + cfg.feature_weight * fm
@@ -195,7 +196,7 @@ class Trainer:
             total=cfg.steps, initial=self.step, disable=not self.progress, unit="step", dynamic_ncols=True
         )
         started = time.monotonic()
-        with open(self.out / LOG_NAME, "a") as log_file:
+        with open(self.out / LOG_NAME, "a", buffering=1) as log_file:  # line-buffered: tail -f works
             while self.step < stop:
                 record = self.train_step()
                 record["elapsed_s"] = round(time.monotonic() - started, 1)
@@ -209,7 +210,25 @@ class Trainer:
                     log_file.flush()
                     self._save_state(self.out / STATE_NAME)
         bar.close()
-        return self.export() if self.step >= cfg.steps else None
+        if self.step < cfg.steps:
+            return None
+        self.write_curves()
+        return self.export()
+
+    def write_curves(self) -> None:
+        from xcodec_stream.training.curves import plot_curves, read_log
+
+        try:
+            plot_curves(
+                read_log(self.out / LOG_NAME),
+                self.out / CURVES_NAME,
+                f"xcodec-stream train: {self.cfg.steps} steps, batch {self.cfg.batch_size} x "
+                f"{self.cfg.segment_seconds} s",
+                self.cfg.vq_start,
+                self.cfg.gan_start,
+            )
+        except RuntimeError as exc:  # no matplotlib: the log is still there to plot later
+            logger.warning("no training-curve plot: %s", exc)
 
     def export(self) -> Path:
         """The trained model as a checkpoint folder (config.json, model.safetensors, preprocessor_config.json)."""
