@@ -16,11 +16,15 @@ class CropSampler:
     """Draws batches of `segment` samples from the corpus: a file with probability proportional to its length,
     a uniform offset, a random loudness (RMS 0.02-0.2, as microphones give), silence drawn again."""
 
-    def __init__(self, folder: str | Path, segment: int, sample_rate: int, min_rms: float, seed: int) -> None:
-        files = sorted(Path(folder).rglob("*.wav"))
+    def __init__(
+        self, folders: str | Path | list, segment: int, sample_rate: int, min_rms: float, seed: int
+    ) -> None:
+        folders = [folders] if isinstance(folders, (str, Path)) else list(folders)
+        files = [f for folder in folders for f in sorted(Path(folder).rglob("*.wav"))]
         if not files:
+            names = ", ".join(map(str, folders))
             raise FileNotFoundError(
-                f"no .wav files under {folder} (build a corpus with `xcodec-stream corpus`)"
+                f"no .wav files under {names} (build a corpus with `xcodec-stream corpus`)"
             )
         clips = []
         for path in files:
