@@ -80,9 +80,13 @@ def test_eval_quality_writes_section_plot_and_json(tmp_path, speech):
     out = tmp_path / "QUALITY.md"
     before, after = "# Quality\n\nHand-written text stays.\n\n", "\n\nAnd so does this.\n"
     out.write_text(f"{before}{BEGIN}\nold numbers\n{END}{after}")
-    args = ["eval", "--quality", "--model", "random:tiny", "--clips", str(clip), "--out", str(out)]
+    card = tmp_path / "card" / "README.md"  # a second file gets the same section (a model card)
+    card.parent.mkdir()
+    args = ["eval", "--quality", "--model", "random:tiny", "--clips", str(clip), "--out", str(out), str(card)]
     args += ["--plot", str(tmp_path / "q.png"), "--json", str(tmp_path / "q.json")]
     assert main([*args, "--bandwidths", "4", "--presets", "balanced", "--quiet"]) == 0
+    card_text = card.read_text()
+    assert card_text.count(BEGIN) == 1 and "| offline |" in card_text and "](../q.png)" in card_text
 
     text = out.read_text()
     assert text.startswith(before + BEGIN) and text.endswith(END + after)

@@ -7,6 +7,7 @@ import argparse
 import glob
 import json
 import math
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -38,9 +39,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--out",
         type=Path,
+        nargs="+",
         default=None,
         help="markdown file to update, section between eval markers (default: docs/STREAMING.md; "
-        "with --quality, between quality markers of docs/QUALITY.md)",
+        "with --quality, between quality markers of docs/QUALITY.md; with --quality several files may be "
+        "given: the same section goes into each, e.g. a model card and docs/STREAMING.md)",
     )
     p.add_argument(
         "--plot",
@@ -100,7 +103,9 @@ def run(args: argparse.Namespace) -> int:
     paths = _clip_paths(args.clips)
     if args.quality:
         return _run_quality(args, presets, paths)
-    args.out = args.out or Path("docs/STREAMING.md")
+    if args.out and len(args.out) > 1:
+        raise ValueError("--out takes one file without --quality")
+    args.out = args.out[0] if args.out else Path("docs/STREAMING.md")
     configs = [(name, PRESETS[name]) for name in presets] + ([] if args.no_sweep else sweep())
     model = load_model(args.model, args.device, args.dtype)
     rate = model.config.sample_rate
@@ -164,7 +169,8 @@ def _run_quality(args: argparse.Namespace, presets: list[str], paths: list[Path]
     from xcodec_stream.evaluation import opus, quality
     from xcodec_stream.evaluation.plot import plot
 
-    out = args.out or Path("docs/QUALITY.md")
+    outs = args.out or [Path("docs/QUALITY.md")]
+    out = outs[0]
     plot_path = args.plot or out.with_name("quality.png")
     json_path = args.json or out.with_name("quality.json")
     model = load_model(args.model, args.device, args.dtype)
@@ -186,15 +192,18 @@ def _run_quality(args: argparse.Namespace, presets: list[str], paths: list[Path]
     ) as bar:
         result = quality.evaluate(model, clips, bandwidths, presets, progress=bar)
     command, machine_line, date = _command(args), machine(), today()
-    body = quality.section(result, str(args.model), command, machine_line, date, _relative(plot_path, out))
-    replace_between(out, quality.BEGIN, quality.END, body, "# Speech quality\n")
+    for path in outs:
+        body = quality.section(
+            result, str(args.model), command, machine_line, date, _relative(plot_path, path)
+        )
+        replace_between(path, quality.BEGIN, quality.END, body, "# Speech quality\n")
     plot(result, plot_path, str(args.model))
     json_path.parent.mkdir(parents=True, exist_ok=True)
     record = quality.record(result, str(args.model), command, machine_line, date)
     json_path.write_text(json.dumps(record, indent=1, allow_nan=False) + "\n")
     print("PESQ-WB\n" + quality.table(result, "pesq") + "\n\nSTOI\n" + quality.table(result, "stoi"))
     print(quality.opus_note(result))
-    print(f"wrote {out}, {plot_path} and {json_path}", file=sys.stderr)
+    print(f"wrote {', '.join(map(str, outs))}, {plot_path} and {json_path}", file=sys.stderr)
     return 0
 
 
@@ -270,20 +279,20 @@ def _section(
 
 
 def _relative(path: Path, doc: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(doc.resolve().parent))
-    except ValueError:
-        return str(path)
+    """`path` as a link from `doc` (`../` where needed): docs stay valid wherever the repository is."""
+    return os.path.relpath(path.resolve(), doc.resolve().parent)
 
 
 def _without_outputs(argv: list[str]) -> list[str]:
     """The command as run, less where it wrote (--out / --plot / --json): what reproduces the numbers."""
-    out, skip = [], False
+    out, skip = [], 0  # values still to drop: --out takes several
     for a in argv:
-        if skip:
-            skip = False
-        elif a in ("--out", "--plot", "--json"):
-            skip = True
+        if skip and not a.startswith("--"):
+            skip -= 1
+            continue
+        skip = 0
+        if a in ("--out", "--plot", "--json"):
+            skip = len(argv) if a == "--out" else 1
         elif not a.startswith(("--out=", "--plot=", "--json=")):
             out.append(a)
     return out
