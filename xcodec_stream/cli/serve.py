@@ -48,6 +48,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         help="if the checkpoint cannot be had, serve the built-in demo checkpoint checkpoints/speech-small "
         "(or random:full weights where it is missing: LOUD warning, not speech)",
     )
+    p.add_argument(
+        "--cluster",
+        default=None,
+        metavar="redis://HOST:PORT/DB",
+        help="join the daemons sharing this Redis as one service ([cluster] redis; docs/DEPLOY.md)",
+    )
+    p.add_argument("--node", default=None, help="this daemon's name in the cluster ([cluster] node)")
     p.add_argument("--log-level", default=None, help="debug, info (default), warning, error")
     p.add_argument(
         "--log-format",
@@ -122,6 +129,8 @@ def run(args: argparse.Namespace) -> int:
         "fallback_random": args.fallback_random,
         "log_level": args.log_level,
         "log_format": args.log_format,
+        "cluster_redis": args.cluster,
+        "cluster_node": args.node,
     }
     config = load_config(args.config, overrides)
     setup_logging(config.log_level, config.log_format, sys.stderr)
@@ -147,7 +156,7 @@ async def serve(model, config, model_id: str, device: str) -> None:
         http = server.url.replace("ws", "http", 1)  # ws -> http, wss -> https
         log.info(
             "xcodec-stream serving %s (health: %s/healthz) | model %s on %s %s | presets %s loaded, %s allowed | "
-            "max %d sessions",
+            "max %d sessions%s",
             server.url,
             http,
             model_id + (" (RANDOM WEIGHTS: not speech)" if model_id.startswith("random:") else ""),
@@ -156,6 +165,7 @@ async def serve(model, config, model_id: str, device: str) -> None:
             ",".join(config.presets),
             ",".join(config.allowed_presets),
             config.max_sessions,
+            f" | cluster node {server.cluster.node}" if server.cluster is not None else "",
         )
         await stop.wait()
         log.info(

@@ -18,7 +18,7 @@ LOG_FORMATS = ("text", "json")
 # How the worker runs the engines' step (xcodec_stream.streaming.slots): auto = CUDA graphs on a GPU, eager on
 # a CPU (inductor compiles each batch bucket for minutes on a small CPU: ask for "compile" explicitly).
 COMPILE_OPTIONS = ("auto", "eager", "compile", "cuda-graphs")
-_SECRETS = {"auth_tokens"}  # never printed, not even in error messages
+_SECRETS = {"auth_tokens", "cluster_redis"}  # never printed, not even in error messages
 
 
 @dataclass(frozen=True)
@@ -78,6 +78,13 @@ class ServerConfig:
     # [log]
     log_level: str = "info"
     log_format: str = "text"
+    # [cluster] (empty redis = one daemon on its own, rooms in memory)
+    cluster_redis: str = field(default="", repr=False)  # the URL may hold a password
+    cluster_node: str = ""
+    cluster_url: str = ""
+    cluster_prefix: str = "xcs:"
+    cluster_ttl_s: float = 3.0
+    cluster_stream_len: int = 3000
 
     @property
     def capacity(self) -> int:
@@ -112,6 +119,12 @@ class ServerConfig:
             raise ValueError("[auth] tokens must be non-empty and contain no whitespace")
         if self.resume_grace_s < 0 or self.drain_timeout_s < 0:
             raise ValueError("resume grace_s and drain_timeout_s must be >= 0")
+        if self.cluster_redis and not self.cluster_redis.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("[cluster] redis must be a redis://HOST:PORT/DB (or rediss://, unix://) URL")
+        if self.cluster_node and not re.fullmatch(r"[A-Za-z0-9_.\-]{1,64}", self.cluster_node):
+            raise ValueError("[cluster] node must be 1-64 characters of A-Z a-z 0-9 _ . -")
+        if self.cluster_ttl_s < 0.5 or self.cluster_stream_len < 10:
+            raise ValueError("[cluster] ttl_s must be >= 0.5 and stream_len >= 10")
         if self.log_format not in LOG_FORMATS:
             raise ValueError(f"log format must be one of {list(LOG_FORMATS)}, got {self.log_format!r}")
         return self
@@ -123,6 +136,10 @@ class ServerConfig:
     @property
     def resume_enabled(self) -> bool:
         return self.resume_grace_s > 0
+
+    @property
+    def clustered(self) -> bool:
+        return bool(self.cluster_redis)
 
 
 # TOML section -> {toml key: dataclass field}
@@ -182,6 +199,14 @@ SECTIONS: dict[str, dict[str, str]] = {
     "metrics": {"enabled": "metrics_enabled", "public": "metrics_public"},
     "http": {"allowed_origins": "allowed_origins"},
     "log": {"level": "log_level", "format": "log_format"},
+    "cluster": {
+        "redis": "cluster_redis",
+        "node": "cluster_node",
+        "url": "cluster_url",
+        "prefix": "cluster_prefix",
+        "ttl_s": "cluster_ttl_s",
+        "stream_len": "cluster_stream_len",
+    },
 }
 # TOML cannot say None: these options take 0 or "" to mean "not set".
 _NONE_IF_FALSY = {"default_bandwidth", "ping_interval_s", "ping_timeout_s"}

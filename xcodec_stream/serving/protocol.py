@@ -94,6 +94,9 @@ ERRORS: dict[str, ErrorSpec] = {
     ),
     "internal": ErrorSpec(True, CLOSE_INTERNAL, "server fault while processing this session"),
     "shutting_down": ErrorSpec(True, CLOSE_GOING_AWAY, "the server is stopping"),
+    "cluster_unavailable": ErrorSpec(
+        True, CLOSE_TRY_AGAIN, "cluster mode: the shared store (Redis) is unreachable; retry later"
+    ),
 }
 
 
@@ -101,7 +104,13 @@ class ProtocolError(Exception):
     """A message the server rejects: a stable `code` (key of ERRORS) and a human `message`."""
 
     def __init__(
-        self, code: str, message: str, *, fatal: bool | None = None, close_code: int | None = None
+        self,
+        code: str,
+        message: str,
+        *,
+        fatal: bool | None = None,
+        close_code: int | None = None,
+        extra: dict | None = None,
     ) -> None:
         if code not in ERRORS:
             raise ValueError(f"unknown error code {code!r}")
@@ -110,6 +119,7 @@ class ProtocolError(Exception):
         self.message = message
         self.fatal = ERRORS[code].fatal if fatal is None else fatal
         self.close_code = close_code or ERRORS[code].close_code
+        self.extra = extra or {}  # more fields of the `error` message (e.g. server_full's `hint`)
 
 
 # ---------------------------------------------------------------------------------------------- client messages
@@ -420,7 +430,7 @@ def pack(msg: dict) -> bytes:
 
 
 def error_message(err: ProtocolError) -> dict:
-    return {"type": "error", "code": err.code, "message": err.message, "fatal": err.fatal}
+    return {"type": "error", "code": err.code, "message": err.message, "fatal": err.fatal, **err.extra}
 
 
 # Array-valued fields of server messages, decoded by unpack_server_message for clients.

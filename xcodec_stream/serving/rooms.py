@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -17,6 +18,8 @@ class RoomMember(Protocol):
 
     def room_ended(self, reason: str) -> None: ...
 
+    def fail(self, err: ProtocolError) -> None: ...
+
 
 @dataclass
 class Room:
@@ -25,12 +28,15 @@ class Room:
     params: dict  # the `room` message fields: what a listener needs to read the codes
     listeners: dict[int, RoomMember] = field(default_factory=dict)
     next_frame: int = 0  # first frame a listener joining now will get
+    sink: Callable[[int, Any], None] | None = None  # also gets every (frame, codes): the cluster's bridge
 
     def room_message(self) -> dict:
         return {"type": "room", "room": self.name, "frame": self.next_frame, **self.params}
 
     def broadcast_codes(self, frame: int, codes: Any, frame_ms: float) -> None:
         self.next_frame = frame + codes.shape[-1]
+        if self.sink is not None:
+            self.sink(frame, codes)
         msg = {"type": "codes", "frame": frame, "codes": codes}
         for member in list(self.listeners.values()):
             if member.want_codes:
@@ -46,7 +52,12 @@ class Room:
 
 
 class RoomRegistry:
-    """Rooms by name. A room exists while its publisher is connected; listeners need an existing room."""
+    """Rooms by name. A room exists while its publisher is connected; listeners need an existing room.
+
+    This one daemon's rooms, in memory. `serving.cluster.rooms.ClusterRooms` extends the async entry points
+    (`claim`, `join_async`) to rooms hosted by other daemons."""
+
+    node: str | None = None  # this daemon's name in a cluster (None: on its own)
 
     def __init__(self) -> None:
         self._rooms: dict[str, Room] = {}
@@ -62,6 +73,24 @@ class RoomRegistry:
             raise ProtocolError("room_busy", f"room {name!r} already has a publisher")
         room = self._rooms[name] = Room(name, publisher, params)
         return room
+
+    async def claim(self, name: str, publisher: Any) -> None:
+        """Before a publisher's stream is opened: room_busy if the name is taken."""
+        if name in self._rooms:
+            raise ProtocolError("room_busy", f"room {name!r} already has a publisher")
+
+    def unclaim(self, name: str, publisher: Any) -> None:
+        """A claimed room whose publisher never got its stream (nothing to do in memory)."""
+
+    async def open(self, name: str, publisher: Any, params: dict) -> Room:
+        """The claimed room, once its publisher's stream is open: listeners can join from now on."""
+        return self.create(name, publisher, params)
+
+    async def join_async(self, name: str, member: RoomMember) -> Room:
+        return self.join(name, member)
+
+    async def shutdown(self) -> None:
+        """The server stops (rooms in memory end with their publishers)."""
 
     def join(self, name: str, member: RoomMember) -> Room:
         room = self._rooms.get(name)

@@ -19,7 +19,7 @@ from websockets.http11 import Request, Response
 
 from .auth import TokenAuth, unauthorized
 from .config import ServerConfig
-from .http import HttpReply, HttpRouter
+from .http import HttpReply, HttpRouter, respond
 from .logs import RedactSecrets
 from .metrics import Metrics
 from .protocol import (
@@ -40,6 +40,8 @@ from .worker import StepResult, Worker, percentile_ms
 log = logging.getLogger("xcodec_stream.server")
 WS_LOG = "xcodec_stream.ws"  # the websockets library's records (handshakes, pings), secrets redacted
 
+# Set by the nginx configuration of configs/cluster/: a full daemon answers 503 so that nginx tries another.
+BALANCER_HEADER = "X-Xcodec-Balancer"
 DRAIN_TIMEOUT_S = 2.0  # how long a closing session may take to send what is queued before the close frame
 
 
@@ -86,7 +88,11 @@ class XcodecServer:
         self.device = device or str(getattr(model, "device", "cpu"))
         self.codec = codec_info(model, model_id or config.model)
         self.sessions: dict[int, Session] = {}  # every session: connected, resumable (detached), opening
-        self.rooms = RoomRegistry()
+        self.rooms: RoomRegistry = RoomRegistry()  # a ClusterRooms from start() with [cluster] redis
+        self.cluster = None  # serving.cluster.directory.Directory in a cluster
+        self.result_sinks: dict[
+            int, Callable[[StepResult], None]
+        ] = {}  # worker streams that are not sessions
         self.metrics = Metrics(lambda: list(self.sessions.values()))
         self.auth = TokenAuth(config.auth_tokens)
         self.resumes = ResumeRegistry(config.resume_grace_s, self._end)
@@ -157,6 +163,48 @@ class XcodecServer:
         )
         self.port = self._ws.sockets[0].getsockname()[1]
         self.started = time.monotonic()
+        if cfg.clustered:
+            await self._join_cluster()
+
+    async def _join_cluster(self) -> None:
+        """[cluster] redis: rooms span the daemons sharing that Redis (imported here: `redis` is needed only
+        in a cluster)."""
+        from .cluster.directory import Directory
+        from .cluster.rooms import ClusterRooms
+
+        cfg = self.config
+        node = cfg.cluster_node or f"{socket.gethostname()}-{self.port}"
+        url = cfg.cluster_url
+        if not url:
+            host = socket.gethostname() if cfg.host in ("0.0.0.0", "::", "") else cfg.host
+            url = f"{'wss' if cfg.tls_cert else 'ws'}://{host}:{self.port}"
+        self.cluster = Directory(
+            cfg.cluster_redis,
+            node=node,
+            public_url=url,
+            load=self._load,
+            prefix=cfg.cluster_prefix,
+            ttl_s=cfg.cluster_ttl_s,
+        )
+        self.rooms = ClusterRooms(
+            self.cluster,
+            worker=lambda: self.worker,
+            new_id=lambda: next(self._ids),
+            sinks=self.result_sinks,
+            stream_len=cfg.cluster_stream_len,
+        )
+        await self.cluster.start()
+
+    def _load(self) -> dict:
+        """This daemon's figures in its cluster record (admission elsewhere reads `free`)."""
+        sessions = len(self.sessions) + self._handshaking
+        return {
+            "sessions": sessions,
+            "detached": self.resumes.detached,
+            "max_sessions": self.config.max_sessions,
+            "free": 0 if self.stopping else max(0, self.config.max_sessions - sessions),
+            "rooms": self.rooms.cluster_rooms() if self.cluster is not None else {},
+        }
 
     async def close(self) -> None:
         """Stop accepting; flush every open session (its client gets the remaining output and `done`), then
@@ -169,6 +217,7 @@ class XcodecServer:
                 self._end(session)  # detached: nobody to deliver to
             for session in list(self.sessions.values()):
                 session.begin_shutdown()
+            await self.rooms.shutdown()
             await self._until(
                 lambda: all(s.drained for s in self.sessions.values()), self.config.drain_timeout_s
             )
@@ -179,6 +228,8 @@ class XcodecServer:
             self._ws.close()  # anything left (connections still in their handshake): 1001
             await self._ws.wait_closed()
             self._ws = None
+            if self.cluster is not None:
+                await self.rooms.close()
         if self.worker is not None:
             worker, self.worker = self.worker, None
             await asyncio.get_running_loop().run_in_executor(None, worker.stop)
@@ -206,6 +257,10 @@ class XcodecServer:
             session = self.sessions.get(sid)
             if session is not None:
                 session.on_result(result)
+            else:
+                sink = self.result_sinks.get(sid)
+                if sink is not None:
+                    sink(result)
 
     # ---------------------------------------------------------------- connections
     def _full(self) -> bool:
@@ -220,7 +275,12 @@ class XcodecServer:
             await ws.close(code, reason)
 
     def _server_full(self) -> ProtocolError:
-        return ProtocolError("server_full", f"{self.config.max_sessions} sessions already; retry later")
+        text = f"{self.config.max_sessions} sessions already; retry later"
+        hint = self.cluster.hint() if self.cluster is not None else None
+        if hint is None:
+            return ProtocolError("server_full", text)
+        text += f" or connect to daemon {hint['node']} ({hint['url']}, {hint['free']} free)"
+        return ProtocolError("server_full", text, extra={"hint": hint})
 
     async def _handler(self, ws: ServerConnection) -> None:
         if self.stopping:
@@ -429,6 +489,16 @@ class XcodecServer:
             what = "WebSocket handshake" if upgrade else "GET /metrics"
             log.warning("unauthorized %s from %s (missing or wrong token)", what, connection.remote_address)
             return unauthorized(connection)
+        if upgrade and BALANCER_HEADER in request.headers and self._full() and not self.resumes.detached:
+            # Behind the balancer a full daemon refuses the upgrade itself: nginx then tries the next daemon
+            # (proxy_next_upstream http_503); a WebSocket already open could not be moved.
+            err = self._server_full()
+            self.metrics.error(err.code)
+            body = {"error": err.code, "message": err.message, **err.extra}
+            return respond(
+                connection,
+                HttpReply(503, HttpReply.json(body).body, "application/json", {"Retry-After": "1"}),
+            )
         return await self.router.process_request(connection, request)
 
     def health(self) -> dict:
@@ -459,6 +529,7 @@ class XcodecServer:
                 "overhead_p99_ms": percentile_ms(worker.overhead_ms, 99) if worker else 0.0,
             },
             "uptime_s": round(time.monotonic() - self.started, 3),
+            **({"cluster": self.cluster.view()} if self.cluster is not None else {}),
         }
 
     def _healthz(self, request: object) -> HttpReply:

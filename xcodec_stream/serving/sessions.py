@@ -115,6 +115,7 @@ class Session:
         self.done_msg: dict | None = None
         self.done_sent = False  # `done` was handed to a socket (a resumed client gets it again)
         self.shutting_down = False
+        self._claimed = False  # publish: the room name is ours (released by close if no room came of it)
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -298,8 +299,9 @@ class Session:
         self.hello = hello
         self.want_audio, self.want_codes = "audio" in want, "codes" in want
         self.state = "opening"
-        if hello.mode == "publish" and self.rooms.get(hello.room) is not None:
-            raise ProtocolError("room_busy", f"room {hello.room!r} already has a publisher")
+        if hello.mode == "publish":
+            await self.rooms.claim(hello.room, self)  # room_busy (cluster-wide in a cluster)
+            self._claimed = True
         spec = StreamSpec(
             hello.mode, hello.sample_rate, hello.format, preset, bandwidth, want_audio=self.want_audio
         )
@@ -312,7 +314,7 @@ class Session:
         except Exception as exc:
             raise ProtocolError("internal", f"could not open the stream: {exc}") from None
         if hello.mode == "publish":
-            self.room = self.rooms.create(hello.room, self, self._room_params(preset, bandwidth))
+            self.room = await self.rooms.open(hello.room, self, self._room_params(preset, bandwidth))
         self._go(preset, bandwidth, want)
 
     async def _hello_listen(self, hello: Hello) -> None:
@@ -321,7 +323,7 @@ class Session:
         self.hello = hello
         self.want_audio, self.want_codes = "audio" in want, "codes" in want
         self.state = "opening"
-        self._join_room(hello)
+        await self._join_room(hello)
         params = self.room.params
         self._go(params["latency"], params["bandwidth"], want)
         if self.state == "ready":
@@ -349,8 +351,8 @@ class Session:
             await asyncio.sleep(interval_ms / 1000.0)
             self._control(self.stats_message())
 
-    def _join_room(self, hello: Hello) -> None:
-        room = self.rooms.join(hello.room, self)
+    async def _join_room(self, hello: Hello) -> None:
+        room = await self.rooms.join_async(hello.room, self)
         self.room = room
         pub = room.publisher
         if self.want_audio:
@@ -408,6 +410,7 @@ class Session:
             "lookahead_frames": info.lookahead_frames,
             "want": list(want),
             "room": self.hello.room,
+            "node": self.rooms.node,  # in a cluster: the daemon holding this session (resume: `?node=`)
             "limits": {
                 "max_message_bytes": cfg.max_message_bytes,
                 "max_chunk_ms": cfg.max_chunk_ms,
@@ -593,6 +596,8 @@ class Session:
             self.worker.close(self.sid)
             if mode == "publish" and room is not None:
                 self.rooms.end(room.name, "publisher_left")
+            elif mode == "publish" and self._claimed:
+                self.rooms.unclaim(self.hello.room, self)
 
 
 def error_close(err: ProtocolError) -> tuple[bytes, int, str]:

@@ -40,7 +40,7 @@ class WorkerFull(RuntimeError):
 class StreamSpec:
     """What a session asks of the engine (fixed at `hello`)."""
 
-    mode: str  # loopback | encode | decode | publish (listeners attach to a publisher)
+    mode: str  # loopback | encode | decode | publish | relay (listeners attach to a publisher or a relay)
     sample_rate: int
     fmt: str  # wire PCM format of the audio the session sends/receives: s16 | f32
     preset: str
@@ -307,7 +307,7 @@ class Worker:
                 spec,
                 enc_free.pop() if need_enc else None,
                 dec_free.pop() if need_dec else None,
-                self._resampler(spec.sample_rate, CODEC_RATE) if spec.mode != "decode" else None,
+                self._resampler(spec.sample_rate, CODEC_RATE) if need_enc else None,
                 self._resampler(CODEC_RATE, spec.sample_rate) if need_dec else None,
             )
             if spec.room_audio:
@@ -505,7 +505,9 @@ class Worker:
                 self._take(st) for st in self._streams.values() if st.opened and not st.failed and st.pending
             ]
             listeners = {
-                t.stream.sid: dict(t.stream.listeners) for t in takes if t.stream.spec.mode == "publish"
+                t.stream.sid: dict(t.stream.listeners)
+                for t in takes
+                if t.stream.spec.mode in ("publish", "relay")
             }
         self.last_batch = len(takes)
         if takes:
@@ -572,7 +574,7 @@ class Worker:
 
     def _take(self, st: _Stream) -> _Take:
         """Pop this tick's input (called under the lock): whole messages up to max_step_ms, then a flush."""
-        if st.spec.mode == "decode":
+        if st.spec.mode in ("decode", "relay"):
             cap = max(1, int(self.max_step_ms * self.model.config.frame_rate / 1000))
         else:
             cap = max(1, int(self.max_step_ms * st.spec.sample_rate / 1000))
@@ -595,7 +597,7 @@ class Worker:
             taken += n
             seq_end = item[2] if item[0] == "audio" else item[2] + n - 1
         take = _Take(st, audio, codes, seq_end, flush)
-        if st.spec.mode == "publish":
+        if st.spec.mode in ("publish", "relay"):
             take.room_slot, take.room_reset = st.room_dec_slot, st.room_dec_reset
         return take
 
@@ -708,12 +710,17 @@ class Worker:
                 slot = st.dec_slot
             elif st.spec.mode == "loopback" and st.dec_slot is not None:
                 c, slot = codes.get(st.sid), st.dec_slot
-            elif st.spec.mode == "publish" and t.room_slot is not None:
+            elif st.spec.mode in ("publish", "relay") and t.room_slot is not None:
                 if t.room_reset:  # from the take's snapshot: the flag is only ever cleared here
+                    # a relay's decoder starts like the publisher's room decoder (same lead): same audio
                     _reset_decoder(dec, t.room_slot, self._engines.enc[st.spec.preset])
                     with self._cond:
                         st.room_dec_reset = False
-                c, slot = codes.get(st.sid), t.room_slot
+                if st.spec.mode == "publish":
+                    c = codes.get(st.sid)
+                else:  # codes that came from another daemon's publisher (serving.cluster)
+                    c = np.concatenate(t.codes, axis=-1).astype(np.int64) if t.codes else None
+                slot = t.room_slot
             else:
                 continue
             t.codes_in, t.dec_slot = c, slot
@@ -765,7 +772,7 @@ class Worker:
             if y.size:
                 r.sample, r.audio = st.n_out, float_to_pcm(y, st.spec.fmt)
                 st.n_out += y.size
-        if st.spec.mode == "publish":
+        if st.spec.mode in ("publish", "relay"):
             self._room_audio(st, audio16, t.flush, r, listeners)
         if t.flush:
             st.done = True
