@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from ssl import SSLContext
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import numpy as np
 from websockets.asyncio.client import ClientConnection, connect
@@ -20,6 +21,13 @@ from ..serving.protocol import PROTOCOL_VERSION, float_to_pcm, pack, pcm_to_floa
 from .latency import LatencyTracker
 
 DEFAULT_URL = "ws://127.0.0.1:8765"
+
+
+def with_node(url: str, node: str) -> str:
+    """The URL with `?node=NAME`: the balancer of docs/DEPLOY.md routes it to that daemon."""
+    parts = urlsplit(url)
+    query = [(k, v) for k, v in parse_qsl(parts.query) if k != "node"] + [("node", node)]
+    return urlunsplit(parts._replace(query=urlencode(query)))
 
 
 class ServerError(RuntimeError):
@@ -98,9 +106,9 @@ class Client:
         `resume`: reconnect and resume the session automatically when the connection drops."""
         headers = {"Authorization": f"Bearer {token}"} if token else None
 
-        async def open_ws() -> ClientConnection:
+        async def open_ws(target: str = url) -> ClientConnection:
             return await connect(
-                url,
+                target,
                 compression=None,
                 max_size=max_size,
                 open_timeout=open_timeout,
@@ -112,7 +120,8 @@ class Client:
             ws = await open_ws()
         except InvalidStatus as exc:
             status = exc.response.status_code
-            code = "unauthorized" if status == 401 else "http_error"
+            # 503: every daemon behind a balancer is full (a daemon on its own sends server_full itself)
+            code = {401: "unauthorized", 503: "server_full"}.get(status, "http_error")
             raise ServerError(code, f"handshake refused: HTTP {status}") from None
         hello = {
             "type": "hello",
@@ -128,8 +137,10 @@ class Client:
             "stats_interval_ms": stats_interval_ms,
         }
         msg = await _handshake(ws, hello, "ready")
+        node = msg.get("node")  # in a cluster the session lives on that daemon: a resume goes back there
+        reconnect = (lambda: open_ws(with_node(url, node))) if node else open_ws
         return cls(
-            ws, msg, format, reconnect=open_ws, resume=resume, ack_interval_ms=ack_interval_ms, name=name
+            ws, msg, format, reconnect=reconnect, resume=resume, ack_interval_ms=ack_interval_ms, name=name
         )
 
     async def __aenter__(self) -> Client:

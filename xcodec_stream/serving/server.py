@@ -489,9 +489,10 @@ class XcodecServer:
             what = "WebSocket handshake" if upgrade else "GET /metrics"
             log.warning("unauthorized %s from %s (missing or wrong token)", what, connection.remote_address)
             return unauthorized(connection)
-        if upgrade and BALANCER_HEADER in request.headers and self._full() and not self.resumes.detached:
-            # Behind the balancer a full daemon refuses the upgrade itself: nginx then tries the next daemon
-            # (proxy_next_upstream http_503); a WebSocket already open could not be moved.
+        if upgrade and self._send_elsewhere(request):
+            # Behind the balancer a full daemon refuses the upgrade itself when another one has room: nginx
+            # then tries the next daemon (proxy_next_upstream http_503); an open WebSocket could not be moved.
+            # With no room anywhere the upgrade goes on and the client gets server_full (1013) as usual.
             err = self._server_full()
             self.metrics.error(err.code)
             body = {"error": err.code, "message": err.message, **err.extra}
@@ -500,6 +501,15 @@ class XcodecServer:
                 HttpReply(503, HttpReply.json(body).body, "application/json", {"Retry-After": "1"}),
             )
         return await self.router.process_request(connection, request)
+
+    def _send_elsewhere(self, request: Request) -> bool:
+        return (
+            self.cluster is not None
+            and BALANCER_HEADER in request.headers
+            and self._full()
+            and not self.resumes.detached  # a resume needs no new slot: let it in
+            and self.cluster.hint() is not None
+        )
 
     def health(self) -> dict:
         worker = self.worker
