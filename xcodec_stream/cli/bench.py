@@ -1,4 +1,5 @@
-"""`xcodec-stream bench {offline,stream,serve-load}`: benchmarks that print a table and update docs/BENCHMARKS.md."""
+"""`xcodec-stream bench {offline,stream,serve-load,cluster}`: benchmarks that print a table and update docs/BENCHMARKS.md
+(cluster: docs/DEPLOY.md)."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import argparse
 import importlib
 
 # subcommand -> module under xcodec_stream.bench; each defines add_arguments(parser) and run(args) -> int.
-BENCHES = {"offline": "offline", "stream": "stream", "serve-load": "serve_load"}
+BENCHES = {"offline": "offline", "stream": "stream", "serve-load": "serve_load", "cluster": "cluster"}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
