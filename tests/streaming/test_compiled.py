@@ -75,7 +75,8 @@ def test_cuda_graph_step_equals_eager(speech):
 def test_buckets_and_modes():
     assert [bucket_size(n, 6) for n in (1, 2, 3, 4, 5, 6)] == [1, 2, 4, 4, 6, 6]
     cpu = torch.device("cpu")
-    assert resolve_compile("auto", cpu) == "compile" and resolve_compile(False, cpu) == "eager"
+    assert resolve_compile("auto", cpu) == "eager" and resolve_compile(False, cpu) == "eager"
+    assert resolve_compile(True, cpu) == "eager" and resolve_compile("compile", cpu) == "compile"
     with pytest.raises(ValueError, match="CUDA"):
         resolve_compile("cuda-graphs", cpu)
     with pytest.raises(ValueError, match="compile must be one of"):

@@ -153,13 +153,7 @@ class _Engines:
     def build(self, preset: str) -> tuple[Any, Any]:
         """Construct a preset's pair (the caller stores it): reads the model, never changes it."""
         t0 = time.perf_counter()
-        mode = self.compile
-        if mode == "auto":  # CUDA graphs on a GPU; on a CPU inductor's compile time is not worth a default
-            mode = (
-                "cuda-graphs"
-                if getattr(self.model, "device", torch.device("cpu")).type == "cuda"
-                else "eager"
-            )
+        mode = self.compile  # "auto" is resolved by the engines (streaming.slots.resolve_compile)
         kw = {} if mode == "eager" else {"compile": mode}
         enc = self.model.streaming_encoder(batch_size=self.capacity, latency=preset, **kw)
         dec = self.model.streaming_decoder(batch_size=self.capacity, latency=preset, **kw)
