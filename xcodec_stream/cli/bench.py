@@ -1,4 +1,4 @@
-"""`xcodec-stream bench {offline,stream,serve-load,cluster}`: benchmarks that print a table and update docs/BENCHMARKS.md
+"""`xcodec-stream bench {offline,stream,serve-load,cluster,io}`: benchmarks that print a table and update docs/BENCHMARKS.md
 (cluster: docs/DEPLOY.md)."""
 
 from __future__ import annotations
@@ -7,7 +7,13 @@ import argparse
 import importlib
 
 # subcommand -> module under xcodec_stream.bench; each defines add_arguments(parser) and run(args) -> int.
-BENCHES = {"offline": "offline", "stream": "stream", "serve-load": "serve_load", "cluster": "cluster"}
+BENCHES = {
+    "offline": "offline",
+    "stream": "stream",
+    "serve-load": "serve_load",
+    "cluster": "cluster",
+    "io": "io_ceiling",
+}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
