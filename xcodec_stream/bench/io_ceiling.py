@@ -275,8 +275,9 @@ def run(args: argparse.Namespace) -> int:
     )
     print(body)
     if args.out:
-        path = write_section("io", body, args.out)
-        data = path.parent / "bench" / "io.json"
+        name = "io" if args.chunk_ms == 20 else f"io-{args.chunk_ms:g}ms"  # one section per chunk size
+        path = write_section(name, body, args.out)
+        data = path.parent / "bench" / f"{name}.json"
         data.parent.mkdir(parents=True, exist_ok=True)
         data.write_text(json.dumps({"date": today(), "machine": machine(), "rows": rows}, indent=1))
         print(f"wrote {path} and {data}", file=sys.stderr)
