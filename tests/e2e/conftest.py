@@ -1,11 +1,12 @@
-"""Fixtures of the end-to-end tests: one real daemon (`xcodec-stream serve`, random:tiny) on an ephemeral port."""
+"""Fixtures of the end-to-end tests: one real daemon (`xcodec-stream serve`, the built-in checkpoint) on an
+ephemeral port, and the same model loaded in the test process for offline references."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 
 import pytest
-from e2e_stack import Daemon, start_daemon, stop_daemon
+from e2e_stack import MODEL, ROOT, Daemon, start_daemon, stop_daemon
 
 
 @pytest.fixture(scope="session")
@@ -17,3 +18,11 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
     finally:
         stop_daemon(d)
         print(f"daemon log: {d.log}")
+
+
+@pytest.fixture(scope="session")
+def served_model():
+    """The model the daemon serves, loaded here (treat as read-only)."""
+    from xcodec_stream import XcodecModel
+
+    return XcodecModel.from_pretrained(ROOT / MODEL)

@@ -19,7 +19,10 @@ from xcodec_stream.streaming.resample import resample
 DATA = Path(__file__).resolve().parents[1] / "data"
 CLIP = DATA / "arctic_a0007.wav"  # 16 kHz mono speech, 4.0 s (CMU ARCTIC, see tests/data/SOURCES.md)
 LEAD_SILENCE_S = 0.5  # the fake microphone loses what plays before the page listens: pad the start
-MODEL = "random:tiny"
+# The built-in checkpoint: speech goes out and speech comes back (small enough for real time on 2 cores).
+# Relative to the repository root, where the daemon runs: the page shows it, and docs/browser.png too.
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = "checkpoints/speech-small"
 
 
 def padded_clip(rate: int, *, lead_s: float = LEAD_SILENCE_S, tail_s: float = 0.0) -> np.ndarray:
@@ -130,13 +133,13 @@ LISTEN_RE = re.compile(r"serving ws://[^\s/]+:(\d+)")  # the daemon's start-up l
 
 
 def start_daemon(tmp_path: Path, *extra: str, timeout_s: float = 60.0) -> Daemon:
-    """`xcodec-stream serve` on an ephemeral port with the tiny random model; waits until it listens."""
+    """`xcodec-stream serve` on an ephemeral port with the built-in checkpoint; waits until it listens."""
     log = tmp_path / "daemon.log"
     cmd = [sys.executable, "-m", "xcodec_stream.cli.main", "serve", "--model", MODEL, "--host", "127.0.0.1"]
     cmd += ["--port", "0", *extra]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(log, "wb") as out:  # the child keeps its own handle; a file never blocks it as a pipe could
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
     deadline = time.monotonic() + timeout_s
     while True:
         m = LISTEN_RE.search(log.read_text(errors="replace"))

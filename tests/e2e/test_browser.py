@@ -32,6 +32,9 @@ FLAGS = [
     "--autoplay-policy=no-user-gesture-required",
 ]
 CAPTURE_S = 5.0  # the clip is 4.5 s with its lead silence; the rest is silence
+STOI_FLOOR = (
+    0.6  # speech-small through the page at `balanced` and `low` (its model card has the offline figures)
+)
 
 
 def find_chromium() -> str | None:
@@ -153,6 +156,19 @@ async def test_loopback_page_plays_the_codec_output(
     )
     assert same.lag == 0 and same.r > 0.99, same
     assert np.std(received) > 1e-3  # not silence, nor a constant
+    # Speech came back: STOI of the page's output against what its microphone sent, at the codec's rate, as
+    # intelligible as the offline codec makes the same input (streaming and the page cost little).
+    import torch
+    from pystoi import stoi
+
+    sent16 = resample(sent, rate, 16000)
+    offline = request.getfixturevalue("served_model")(torch.from_numpy(sent16)[None, None]).audio_values
+    page_stoi = stoi(sent16, resample(received, rate, 16000), 16000)
+    offline_stoi = stoi(sent16, offline[0, 0, : len(sent16)].numpy(), 16000)
+    print(
+        f"[{latency}] STOI of the loopback against the microphone: {page_stoi:.3f} (offline codec {offline_stoi:.3f})"
+    )
+    assert page_stoi >= STOI_FLOOR and page_stoi >= offline_stoi - 0.1, (page_stoi, offline_stoi)
 
     # The page played it to the end (the flush's tail included): every received sample was played or, if the
     # jitter buffer had to catch up after a stall, counted as skipped.

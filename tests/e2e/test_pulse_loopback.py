@@ -28,10 +28,12 @@ from e2e_stack import (
 RATE = 16000  # bus rate == client rate: no resampling anywhere, so every channel is sample-exact
 LATENCY = "balanced"
 TAIL_S = 1.5  # the client keeps listening this long after the clip, for the codec's lookahead and the network
+DEVICE_R = 0.995
+STOI_FLOOR = 0.5  # above noise (0.42); speech-small scores 0.6-0.7 (checkpoints/speech-small/README.md)
 
 
 def codec_reconstruction(model, x: np.ndarray) -> np.ndarray:
-    """The offline codec's reconstruction of `x` (16 kHz): `model` is the same random:tiny the daemon serves."""
+    """The offline codec's reconstruction of `x` (16 kHz): `model` is the model the daemon serves."""
     import torch
 
     return model(torch.from_numpy(x)[None, None]).audio_values[0, 0].numpy()
@@ -57,8 +59,7 @@ async def test_mic_loopback_through_pulseaudio(request: pytest.FixtureRequest, t
         pytest.skip(f"PulseAudio cannot start here: {str(exc)[:300]}")
     try:  # only now: no daemon nor model is started for a test that skips
         daemon: Daemon = request.getfixturevalue("daemon")
-        assert MODEL == "random:tiny"  # tiny_model (tests/conftest.py) must be the daemon's model
-        tiny_model = request.getfixturevalue("tiny_model")
+        served_model = request.getfixturevalue("served_model")
     except BaseException:
         stop_pulse_bus(bus)
         raise
@@ -126,15 +127,18 @@ async def test_mic_loopback_through_pulseaudio(request: pytest.FixtureRequest, t
     kw = {"win": RATE // 5, "min_lag": 0, "max_lag": 3 * RATE}
     device = windowed_alignment(on_bus(played[: -RATE // 10], t0, len(spk)), spk, **kw)
     r_device = np.array([w.r for w in device])
-    device_ms = 1000.0 * np.median([w.lag for w in device if w.r > 0.999]) / RATE
-    assert np.mean(r_device > 0.999) >= 0.8, r_device
+    # r > 0.995, not 0.999: with speech coming back (random:tiny's output was nearly DC, which any lag
+    # matches) a few windows measure r ~ 0.997 against the playback, a shift or stretch of under a sample
+    # in the sound server; a window that lost or repeated audio falls far lower.
+    device_ms = 1000.0 * np.median([w.lag for w in device if w.r > DEVICE_R]) / RATE
+    assert np.mean(r_device > DEVICE_R) >= 0.8, r_device
 
     # 3. The speaker's recording, window by window, against (a) the daemon's reconstruction of what the client
     # captured and (b) the offline codec's reconstruction of the clip, both placed on the bus's clock where
     # the client captured their input. The lag of a window is the mouth-to-ear latency of that audio.
     expected, ready, _ = await reference_loopback(daemon.ws_url, captured, RATE, fmt="f32", latency=LATENCY)
     n_before = heard.lag - t0  # captured samples before the clip began: fixes the codec's frame grid
-    offline = codec_reconstruction(tiny_model, np.concatenate([np.zeros(n_before, np.float32), clip]))
+    offline = codec_reconstruction(served_model, np.concatenate([np.zeros(n_before, np.float32), clip]))
 
     vs_daemon = windowed_alignment(on_bus(expected, t0, len(spk)), spk, **kw)
     vs_offline = windowed_alignment(on_bus(offline, t0, len(spk)), spk, **kw)
@@ -148,21 +152,36 @@ async def test_mic_loopback_through_pulseaudio(request: pytest.FixtureRequest, t
         return x.size > 0 and np.sqrt(np.mean(x**2)) > loud
 
     lags_ms = np.array([1000.0 * w.lag / RATE for w in vs_daemon if w.r >= 0.99 and speech_at(w)])
+    # What a listener heard against what was played into the microphone: the speaker's recording from where
+    # the clip came out (its median mouth-to-ear lag), scored with STOI as the model card scores the codec.
+    from pystoi import stoi
+
+    lag = int(round(np.median(lags_ms) * RATE / 1000))
+    heard_clip = spk[heard.lag + lag : heard.lag + lag + len(clip)]
+    heard_clip = np.pad(heard_clip, (0, len(clip) - len(heard_clip)))
+    stoi_heard = stoi(clip, heard_clip, RATE)
+    stoi_offline = stoi(clip, offline[n_before : n_before + len(clip)], RATE)
     print(
         f"\nPulseAudio mic loopback @ {RATE} Hz, {MODEL}, preset {LATENCY} "
         f"(algorithmic {ready['algorithmic_latency_ms']:.0f} ms), {len(vs_daemon)} windows of 200 ms:\n"
         f"  mic vs clip r = {heard.r:.6f}; capture vs mic r = {start.r:.6f}; speaker vs client playback: "
-        f"{np.mean(r_device > 0.999):.0%} of windows r > 0.999 (output device {device_ms:.1f} ms)\n"
+        f"{np.mean(r_device > DEVICE_R):.0%} of windows r > {DEVICE_R} (output device {device_ms:.1f} ms)\n"
         f"  speaker vs daemon's reconstruction: median r = {np.median(r_daemon):.6f}, "
         f"{np.mean(r_daemon >= 0.99):.0%} of windows r >= 0.99\n"
         f"  speaker vs offline codec of the clip: median r = {np.median(r_offline):.4f}, "
         f"{np.mean(r_offline >= 0.9):.0%} of windows r >= 0.9\n"
         f"  mouth-to-ear latency: first {lags_ms[0]:.1f} ms, median {np.median(lags_ms):.1f} ms, "
-        f"max {lags_ms.max():.1f} ms\n{report.strip()}"
+        f"max {lags_ms.max():.1f} ms\n"
+        f"  STOI of what the speaker played against the clip: {stoi_heard:.3f} (offline codec: {stoi_offline:.3f})\n"
+        f"{report.strip()}"
     )
     # Windows that straddle an underrun's gap cannot match one lag; all others must.
     assert len(vs_daemon) >= (len(clip) / RATE) * 5 * 0.8
     assert np.mean(r_daemon >= 0.99) >= 0.8, r_daemon
-    assert np.mean(r_offline >= 0.9) >= 0.8, r_offline
+    # Against the offline codec, sample by sample, only an `exact` stream could match: at `balanced` a trained
+    # model's streamed codes differ from offline ones (docs/STREAMING.md), so r is printed, and what is
+    # asserted is that it is as intelligible as the offline codec (STOI, below).
+    # Intelligible at the far end, close to what the codec gives offline (streaming presets cost a little).
+    assert stoi_heard >= STOI_FLOOR and stoi_heard >= stoi_offline - 0.1, (stoi_heard, stoi_offline)
     # Causality, not speed: no audio can come out before the codec's lookahead has been heard.
     assert lags_ms.min() >= ready["algorithmic_latency_ms"]

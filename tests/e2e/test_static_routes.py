@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from e2e_stack import MODEL
 
 from xcodec_stream.serving.static_files import STATIC_DIR, resolve, static_reply
 
@@ -93,4 +94,4 @@ def test_daemon_serves_the_page_over_http(daemon) -> None:
     status, ctype, body = get("/healthz")
     health = json.loads(body)
     assert status == 200 and ctype == "application/json" and health["status"] == "ok"
-    assert health["model"] == "random:tiny" and health["bandwidths"] and health["latency_presets"]
+    assert health["model"] == MODEL and health["bandwidths"] and health["latency_presets"]
