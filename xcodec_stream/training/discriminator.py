@@ -14,6 +14,20 @@ PERIODS = (2, 3, 5, 7, 11)
 FFT_SIZES = (256, 512, 1024)
 
 
+def _scores_and_features(
+    convs: nn.ModuleList, post: nn.Module, x: torch.Tensor
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Leaky-ReLU conv stack then a 1-channel conv: the flattened scores and every layer's output (for the
+    feature-matching loss)."""
+    features = []
+    for conv in convs:
+        x = F.leaky_relu(conv(x), 0.1)
+        features.append(x)
+    x = post(x)
+    features.append(x)
+    return x.flatten(1), features
+
+
 class PeriodDiscriminator(nn.Module):
     def __init__(self, period: int, channels: tuple[int, ...] = (16, 32, 64, 128)) -> None:
         super().__init__()
@@ -31,13 +45,7 @@ class PeriodDiscriminator(nn.Module):
         if t % self.period:
             x = F.pad(x, (0, self.period - t % self.period), mode="reflect")
         x = x.view(b, c, -1, self.period)
-        features = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), 0.1)
-            features.append(x)
-        x = self.post(x)
-        features.append(x)
-        return x.flatten(1), features
+        return _scores_and_features(self.convs, self.post, x)
 
 
 class ResolutionDiscriminator(nn.Module):
@@ -58,13 +66,7 @@ class ResolutionDiscriminator(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         spec = torch.stft(x[:, 0], self.n_fft, self.n_fft // 4, window=self.window, return_complex=True).abs()
         x = torch.log(spec.clamp(min=1e-5)).transpose(1, 2)[:, None]  # (B, 1, frames, bins)
-        features = []
-        for conv in self.convs:
-            x = F.leaky_relu(conv(x), 0.1)
-            features.append(x)
-        x = self.post(x)
-        features.append(x)
-        return x.flatten(1), features
+        return _scores_and_features(self.convs, self.post, x)
 
 
 class Discriminators(nn.Module):
