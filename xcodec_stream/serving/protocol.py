@@ -11,9 +11,10 @@ import msgpack
 import numpy as np
 
 from .arrays import ArrayError, pack_array, unpack_array
+from .modes import WIRE_MODES, Mode
 
 PROTOCOL_VERSION = 1
-MODES = ("loopback", "encode", "decode", "publish", "listen")
+MODES = WIRE_MODES
 FORMATS = {"s16": "<i2", "f32": "<f4"}
 WANTS = ("audio", "codes")
 LATENCY_PRESETS = ("exact", "balanced", "low")
@@ -128,7 +129,7 @@ class ProtocolError(Exception):
 @dataclass(frozen=True)
 class Hello:
     version: int
-    mode: str | None  # None only when resuming (the session keeps its mode)
+    mode: Mode | None  # None only when resuming (the session keeps its mode)
     sample_rate: int = 16000
     format: str = "f32"
     bandwidth: float | None = None  # kbps; None = the model's highest
@@ -303,6 +304,7 @@ def _parse_hello(msg: dict) -> Hello:
     mode = _field(msg, "mode", "str", required=True)
     if mode not in MODES:
         raise ProtocolError("bad_field", f"hello.mode must be one of {list(MODES)}, got {mode[:40]!r}")
+    mode = Mode(mode)
     rate = _field(msg, "sample_rate", "int", default=16000)
     if not MIN_SAMPLE_RATE <= rate <= MAX_SAMPLE_RATE:
         raise ProtocolError(
@@ -318,7 +320,7 @@ def _parse_hello(msg: dict) -> Hello:
             "bad_field", f"hello.latency must be one of {list(LATENCY_PRESETS)}, got {latency[:40]!r}"
         )
     room = _field(msg, "room", "str")
-    if mode in ("publish", "listen"):
+    if mode in (Mode.PUBLISH, Mode.LISTEN):
         if room is None:
             raise ProtocolError("bad_field", f"hello.room is required in {mode} mode")
         if not ROOM_NAME.fullmatch(room):
@@ -336,7 +338,7 @@ def _parse_hello(msg: dict) -> Hello:
             raise ProtocolError(
                 "bad_field", f"hello.want must be a non-empty list of distinct values from {list(WANTS)}"
             )
-        if mode in ("encode", "decode"):
+        if mode in (Mode.ENCODE, Mode.DECODE):
             raise ProtocolError("bad_field", f"hello.want is fixed in {mode} mode; leave it out")
         want = tuple(want)
     client = _client_name(msg)

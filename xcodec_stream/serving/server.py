@@ -22,6 +22,7 @@ from .config import ServerConfig
 from .http import HttpReply, HttpRouter, respond
 from .logs import RedactSecrets
 from .metrics import Metrics
+from .modes import Mode
 from .protocol import (
     CLOSE_INTERNAL,
     CLOSE_NORMAL,
@@ -445,7 +446,7 @@ class XcodecServer:
                 timeout: float | None = None
             elif session.state in ("handshake", "opening"):
                 timeout = cfg.handshake_timeout_s
-            elif session.mode == "listen":
+            elif session.mode == Mode.LISTEN:
                 timeout = None  # listeners only read; WebSocket pings find dead ones
             else:
                 timeout = cfg.idle_timeout_s or None

@@ -11,6 +11,7 @@ from .config import ServerConfig
 from .flow import OutputQueue, QueueOverflow, TokenBucket
 from .logs import session_log
 from .metrics import Metrics
+from .modes import Mode
 from .protocol import (
     CLOSE_ROOM_ENDED,
     FORMATS,
@@ -34,11 +35,11 @@ from .worker import EngineInfo, StepResult, StreamSpec, Worker, WorkerFull
 log = logging.getLogger("xcodec_stream.session")
 
 DEFAULT_WANT = {
-    "loopback": ("audio",),
-    "listen": ("audio",),
-    "publish": (),
-    "encode": ("codes",),
-    "decode": ("audio",),
+    Mode.LOOPBACK: ("audio",),
+    Mode.LISTEN: ("audio",),
+    Mode.PUBLISH: (),
+    Mode.ENCODE: ("codes",),
+    Mode.DECODE: ("audio",),
 }
 
 
@@ -128,7 +129,7 @@ class Session:
 
     def _unit_ms(self) -> float:
         """Milliseconds per input unit: a sample at the client rate, or a frame in decode mode."""
-        return 1000.0 / (self.codec.frame_rate if self.mode == "decode" else self.rate)
+        return 1000.0 / (self.codec.frame_rate if self.mode == Mode.DECODE else self.rate)
 
     @property
     def lag_ms(self) -> float:
@@ -209,7 +210,7 @@ class Session:
         elif isinstance(msg, Codes):
             self._codes(msg)
         elif isinstance(msg, Flush):
-            if self.mode == "listen":
+            if self.mode == Mode.LISTEN:
                 raise ProtocolError("bad_state", "listeners cannot flush")
             if self.state == "flushing":
                 raise ProtocolError("bad_state", "flush already sent")
@@ -217,7 +218,7 @@ class Session:
             self.worker.flush(self.sid)
 
     def _audio(self, msg: Audio) -> None:
-        if self.mode not in ("loopback", "encode", "publish"):
+        if not Mode(self.mode).encodes:
             raise ProtocolError("bad_state", f"audio is not accepted in {self.mode} mode")
         if self.state == "flushing":
             raise ProtocolError("bad_state", "audio after flush")
@@ -244,7 +245,7 @@ class Session:
         self.worker.push_audio(self.sid, msg.seq, msg.pcm)
 
     def _codes(self, msg: Codes) -> None:
-        if self.mode != "decode":
+        if self.mode != Mode.DECODE:
             raise ProtocolError("bad_state", f"codes are not accepted in {self.mode} mode")
         if self.state == "flushing":
             raise ProtocolError("bad_state", "codes after flush")
@@ -276,7 +277,7 @@ class Session:
         cfg = self.config
         if hello.resume is not None:  # the server takes resumes before a Session exists
             raise ProtocolError("bad_state", "a resume must be the first message of a connection")
-        if hello.mode == "listen":
+        if hello.mode == Mode.LISTEN:
             await self._hello_listen(hello)
             return
         preset = hello.latency or cfg.default_latency
@@ -294,12 +295,12 @@ class Session:
         if bandwidth is not None:
             bandwidth = next(b for b in self.codec.bandwidths if abs(bandwidth - b) < 1e-6)
         want = hello.want if hello.want is not None else DEFAULT_WANT[hello.mode]
-        if hello.mode == "publish" and "audio" in want:
+        if hello.mode == Mode.PUBLISH and "audio" in want:
             raise ProtocolError("bad_field", "a publisher can only want codes (its own)")
         self.hello = hello
         self.want_audio, self.want_codes = "audio" in want, "codes" in want
         self.state = "opening"
-        if hello.mode == "publish":
+        if hello.mode == Mode.PUBLISH:
             await self.rooms.claim(hello.room, self)  # room_busy (cluster-wide in a cluster)
             self._claimed = True
         spec = StreamSpec(
@@ -313,13 +314,13 @@ class Session:
             self.info = await asyncio.wrap_future(fut)
         except Exception as exc:
             raise ProtocolError("internal", f"could not open the stream: {exc}") from None
-        if hello.mode == "publish":
+        if hello.mode == Mode.PUBLISH:
             self.room = await self.rooms.open(hello.room, self, self._room_params(preset, bandwidth))
         self._go(preset, bandwidth, want)
 
     async def _hello_listen(self, hello: Hello) -> None:
         """Listeners take the room's preset and bandwidth (hello.latency/bandwidth are ignored)."""
-        want = hello.want if hello.want is not None else DEFAULT_WANT["listen"]
+        want = hello.want if hello.want is not None else DEFAULT_WANT[Mode.LISTEN]
         self.hello = hello
         self.want_audio, self.want_codes = "audio" in want, "codes" in want
         self.state = "opening"
@@ -460,7 +461,7 @@ class Session:
             reason = {"reason": "shutting_down"} if self.shutting_down else {}
             self.done_msg = {"type": "done", **r.done, "dropped": self.out.dropped, **reason}
             self._control(dict(self.done_msg))
-            if self.room is not None and self.mode == "publish":
+            if self.room is not None and self.mode == Mode.PUBLISH:
                 self.rooms.end(self.room.name, "publisher_done")
         elif not sent and r.seq_end is not None:
             self._control({"type": "ack", "seq_end": r.seq_end})
@@ -503,7 +504,7 @@ class Session:
             "session": self.sid,
             "mode": self.mode,
             "state": self.state,
-            "next_frame" if self.mode == "decode" else "next_seq": self.next_seq,
+            "next_frame" if self.mode == Mode.DECODE else "next_seq": self.next_seq,
             "seq_end": self.seq_end,
             "sample": start["audio"],
             "frame": start["codes"],
@@ -512,7 +513,7 @@ class Session:
             "dropped": self.out.dropped,
             "resume_token": self.token,
         }
-        if self.mode == "listen":
+        if self.mode == Mode.LISTEN:
             del resumed["next_seq"]  # a listener sends no input
         front = [(resumed, 0.0), *items]
         if self.done_sent and self.done_msg is not None:
@@ -526,7 +527,7 @@ class Session:
         self.shutting_down = True
         if self.state in ("handshake", "opening"):
             self.fail(ProtocolError("shutting_down", "the server is stopping"))
-        elif self.state == "ready" and self.mode != "listen":
+        elif self.state == "ready" and self.mode != Mode.LISTEN:
             self.state = "flushing"
             self.worker.flush(self.sid)
 
@@ -536,7 +537,7 @@ class Session:
         return (
             self.close_code is not None
             or self.state in ("done", "closed")
-            or (self.mode == "listen" and self.room is None)
+            or (self.mode == Mode.LISTEN and self.room is None)
         )
 
     def room_ended(self, reason: str) -> None:
@@ -588,15 +589,15 @@ class Session:
         self.state = "closed"
         if self._stats_task is not None:
             self._stats_task.cancel()
-        if mode == "listen" and room is not None:
+        if mode == Mode.LISTEN and room is not None:
             self.rooms.leave(room.name, self)
             if self.want_audio:
                 self.worker.detach_listener(room.publisher.sid, self.sid)
         elif mode is not None:
             self.worker.close(self.sid)
-            if mode == "publish" and room is not None:
+            if mode == Mode.PUBLISH and room is not None:
                 self.rooms.end(room.name, "publisher_left")
-            elif mode == "publish" and self._claimed:
+            elif mode == Mode.PUBLISH and self._claimed:
                 self.rooms.unclaim(self.hello.room, self)
 
 

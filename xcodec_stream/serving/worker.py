@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from ..streaming.resample import StreamingResampler
+from .modes import Mode
 from .protocol import float_to_pcm, pcm_to_float
 
 log = logging.getLogger("xcodec_stream.worker")
@@ -40,13 +41,16 @@ class WorkerFull(RuntimeError):
 class StreamSpec:
     """What a session asks of the engine (fixed at `hello`)."""
 
-    mode: str  # loopback | encode | decode | publish | relay (listeners attach to a publisher or a relay)
+    mode: Mode  # listeners attach to a publisher or a relay stream
     sample_rate: int
     fmt: str  # wire PCM format of the audio the session sends/receives: s16 | f32
     preset: str
     bandwidth: float | None = None
     want_audio: bool = False  # loopback: decode the codes back to audio
     room_audio: bool = False  # publish: start the room decoder now (a listener wants audio)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "mode", Mode(self.mode))  # a plain string is accepted, an unknown one is not
 
 
 @dataclass(frozen=True)
@@ -288,8 +292,8 @@ class Worker:
             if sid in self._streams:
                 raise ValueError(f"stream {sid} already open")
             enc_free, dec_free = self._engines.pools(spec.preset)
-            need_enc = spec.mode in ("loopback", "encode", "publish")
-            need_dec = spec.mode == "decode" or (spec.mode == "loopback" and spec.want_audio)
+            need_enc = spec.mode.encodes
+            need_dec = spec.mode == Mode.DECODE or (spec.mode == Mode.LOOPBACK and spec.want_audio)
             if (
                 (need_enc and not enc_free)
                 or (need_dec and not dec_free)
@@ -499,9 +503,7 @@ class Worker:
                 self._take(st) for st in self._streams.values() if st.opened and not st.failed and st.pending
             ]
             listeners = {
-                t.stream.sid: dict(t.stream.listeners)
-                for t in takes
-                if t.stream.spec.mode in ("publish", "relay")
+                t.stream.sid: dict(t.stream.listeners) for t in takes if t.stream.spec.mode.feeds_room
             }
         self.last_batch = len(takes)
         if takes:
@@ -532,12 +534,12 @@ class Worker:
                 enc.reset(st.enc_slot)
                 enc.set_bandwidth(st.enc_slot, st.spec.bandwidth)
             if st.dec_slot is not None:
-                _reset_decoder(dec, st.dec_slot, enc if st.spec.mode == "loopback" else None)
-            enc_ms = float(enc.latency_ms) if st.spec.mode != "decode" else 0.0
-            dec_ms = float(dec.latency_ms) if st.spec.mode != "encode" else 0.0
-            if st.spec.mode == "publish":
+                _reset_decoder(dec, st.dec_slot, enc if st.spec.mode == Mode.LOOPBACK else None)
+            enc_ms = float(enc.latency_ms) if st.spec.mode != Mode.DECODE else 0.0
+            dec_ms = float(dec.latency_ms) if st.spec.mode != Mode.ENCODE else 0.0
+            if st.spec.mode == Mode.PUBLISH:
                 dec_ms = 0.0  # listeners add the decoder latency (in their own `room` message)
-            if st.spec.mode == "loopback" and not st.spec.want_audio:
+            if st.spec.mode == Mode.LOOPBACK and not st.spec.want_audio:
                 dec_ms = 0.0
             rs_ms = sum(r.latency_ms for r in (st.in_rs, st.out_rs) if r is not None)
             info = EngineInfo(
@@ -568,7 +570,7 @@ class Worker:
 
     def _take(self, st: _Stream) -> _Take:
         """Pop this tick's input (called under the lock): whole messages up to max_step_ms, then a flush."""
-        if st.spec.mode in ("decode", "relay"):
+        if st.spec.mode in (Mode.DECODE, Mode.RELAY):
             cap = max(1, int(self.max_step_ms * self.model.config.frame_rate / 1000))
         else:
             cap = max(1, int(self.max_step_ms * st.spec.sample_rate / 1000))
@@ -591,7 +593,7 @@ class Worker:
             taken += n
             seq_end = item[2] if item[0] == "audio" else item[2] + n - 1
         take = _Take(st, audio, codes, seq_end, flush)
-        if st.spec.mode in ("publish", "relay"):
+        if st.spec.mode.feeds_room:
             take.room_slot, take.room_reset = st.room_dec_slot, st.room_dec_reset
         return take
 
@@ -697,20 +699,20 @@ class Worker:
             st = t.stream
             if st.failed:
                 continue
-            if st.spec.mode == "decode":
+            if st.spec.mode == Mode.DECODE:
                 c = np.concatenate(t.codes, axis=-1).astype(np.int64) if t.codes else None
                 st.n_in += 0 if c is None else c.shape[-1]
                 res[st.sid].consumed = 0 if c is None else c.shape[-1]
                 slot = st.dec_slot
-            elif st.spec.mode == "loopback" and st.dec_slot is not None:
+            elif st.spec.mode == Mode.LOOPBACK and st.dec_slot is not None:
                 c, slot = codes.get(st.sid), st.dec_slot
-            elif st.spec.mode in ("publish", "relay") and t.room_slot is not None:
+            elif st.spec.mode.feeds_room and t.room_slot is not None:
                 if t.room_reset:  # from the take's snapshot: the flag is only ever cleared here
                     # a relay's decoder starts like the publisher's room decoder (same lead): same audio
                     _reset_decoder(dec, t.room_slot, self._engines.enc[st.spec.preset])
                     with self._cond:
                         st.room_dec_reset = False
-                if st.spec.mode == "publish":
+                if st.spec.mode == Mode.PUBLISH:
                     c = codes.get(st.sid)
                 else:  # codes that came from another daemon's publisher (serving.cluster)
                     c = np.concatenate(t.codes, axis=-1).astype(np.int64) if t.codes else None
@@ -751,26 +753,26 @@ class Worker:
         if codes is not None and codes.shape[-1]:
             r.frame, r.codes = st.frames_out, codes.astype(np.uint16)
             st.frames_out += codes.shape[-1]
-        if st.spec.mode in ("loopback", "decode") and st.out_rs is not None:
+        if st.spec.mode in (Mode.LOOPBACK, Mode.DECODE) and st.out_rs is not None:
             if audio16 is None:
                 audio16 = np.zeros(0, np.float32)
-            if st.spec.mode == "loopback":
+            if st.spec.mode == Mode.LOOPBACK:
                 # the codec pads the end to a whole frame: keep exactly as many samples as went in
                 audio16 = audio16[: max(0, st.n16_in - st.n16_out)]
             st.n16_out += audio16.size
             y = st.out_rs.process(audio16)
             if t.flush:
                 y = np.concatenate([y, st.out_rs.flush()])
-            if st.spec.mode == "loopback":
+            if st.spec.mode == Mode.LOOPBACK:
                 y = y[: max(0, st.n_in - st.n_out)]
             if y.size:
                 r.sample, r.audio = st.n_out, float_to_pcm(y, st.spec.fmt)
                 st.n_out += y.size
-        if st.spec.mode in ("publish", "relay"):
+        if st.spec.mode.feeds_room:
             self._room_audio(st, audio16, t.flush, r, listeners)
         if t.flush:
             st.done = True
-            counted = "frames_in" if st.spec.mode == "decode" else "samples_in"
+            counted = "frames_in" if st.spec.mode == Mode.DECODE else "samples_in"
             r.done = {counted: st.n_in, "samples_out": st.n_out, "frames_out": st.frames_out}
 
     def _room_audio(

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from ..modes import Mode
 from ..protocol import ProtocolError
 from ..rooms import Room, RoomMember, RoomRegistry
 from ..worker import StepResult, StreamSpec, WorkerFull
@@ -156,7 +157,7 @@ class ClusterRooms(RoomRegistry):
         relay = self._new_id()
         worker = self._worker()
         try:
-            fut = worker.open(relay, StreamSpec("relay", 16000, "f32", rec.params["latency"]))
+            fut = worker.open(relay, StreamSpec(Mode.RELAY, 16000, "f32", rec.params["latency"]))
         except WorkerFull as exc:
             raise ProtocolError("server_full", str(exc)) from None
         try:
