@@ -85,3 +85,19 @@ def pyplot():
     except ImportError as exc:
         raise RuntimeError("the plot needs matplotlib: pip install matplotlib (or the `test` extra)") from exc
     return plt
+
+
+def proxy_note(model_id: str) -> str:
+    """The title suffix that says a figure's numbers come from random weights."""
+    return " (random-weight proxy)" if model_id.startswith("random:") else ""
+
+
+def save_figure(fig, path: Path, title: str, *, fontsize: float | None = None, dpi: int = 110) -> Path:
+    """The last steps of every plot here: title, tight layout, the PNG written (its folder made), the figure
+    freed (pyplot keeps every open figure otherwise)."""
+    fig.suptitle(title, fontsize=fontsize)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=dpi)
+    pyplot().close(fig)
+    return path

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .report import cpu, machine, markdown_table, pyplot, today, write_section
+from .report import cpu, machine, markdown_table, pyplot, save_figure, today, write_section
 
 CLIP = Path(__file__).resolve().parents[2] / "tests" / "data" / "codec2_speech_orig_16k.wav"
 # A run is real time when every chunk is consumed soon after it is sent and nothing is lost.
@@ -316,8 +316,6 @@ def plot_scaling(folder: Path, out: Path) -> Path:
         )
         ax.grid(True, which="both", alpha=0.3)
     ax1.legend(fontsize=7)
-    fig.suptitle("xcodec-stream serve-load: streams vs p99 latency (hollow: not real time)", fontsize=10)
-    fig.tight_layout()
-    fig.savefig(out, dpi=110)
-    plt.close(fig)
-    return out
+    return save_figure(
+        fig, out, "xcodec-stream serve-load: streams vs p99 latency (hollow: not real time)", fontsize=10
+    )

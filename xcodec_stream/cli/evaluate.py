@@ -305,7 +305,7 @@ def _write_section(path: Path, body: str) -> None:
 
 
 def _plot(results: list, presets: list[str], path: Path, model_id: str) -> None:
-    from xcodec_stream.bench.report import pyplot
+    from xcodec_stream.bench.report import proxy_note, pyplot, save_figure
 
     plt = pyplot()
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -339,9 +339,4 @@ def _plot(results: list, presets: list[str], path: Path, model_id: str) -> None:
     )
     for ax in (ax1, ax2):
         ax.grid(alpha=0.3)
-    proxy = " (random-weight proxy)" if model_id.startswith("random:") else ""
-    fig.suptitle(f"Streaming fidelity against latency, {model_id}{proxy}")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, f"Streaming fidelity against latency, {model_id}{proxy_note(model_id)}")

@@ -8,7 +8,7 @@ from xcodec_stream.evaluation.quality import OPUS, Quality
 
 
 def plot(quality: Quality, path: Path, model_id: str) -> None:
-    from xcodec_stream.bench.report import pyplot
+    from xcodec_stream.bench.report import proxy_note, pyplot, save_figure
 
     plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
@@ -37,9 +37,4 @@ def plot(quality: Quality, path: Path, model_id: str) -> None:
     axes[0].set_ylim(1.0, 4.7)
     axes[1].set_ylim(top=1.0)
     axes[1].legend(loc="lower right")
-    proxy = " (random-weight proxy)" if model_id.startswith("random:") else ""
-    fig.suptitle(f"Speech quality against bitrate, {model_id}{proxy}")
-    fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, f"Speech quality against bitrate, {model_id}{proxy_note(model_id)}")

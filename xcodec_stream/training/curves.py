@@ -22,7 +22,7 @@ def _smooth(values: list[float], width: int) -> list[float]:
 
 
 def plot_curves(log: list[dict], path: Path, title: str, vq_start: int, gan_start: int) -> None:
-    from xcodec_stream.bench.report import pyplot
+    from xcodec_stream.bench.report import pyplot, save_figure
 
     plt = pyplot()
     fig, axes = plt.subplots(1, 3, figsize=(14, 3.8))
@@ -44,7 +44,4 @@ def plot_curves(log: list[dict], path: Path, title: str, vq_start: int, gan_star
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     axes[0].set_yscale("log")
-    fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+    save_figure(fig, path, title, fontsize=10, dpi=80)
