@@ -61,7 +61,7 @@ class XcodecModel(nn.Module):
     `XcodecModel.from_pretrained(id_or_dir)` loads a checkpoint in transformers' format (hub id, local
     directory, or `random:tiny` / `random:full`). The sub-steps of `encode` and `decode` are public so that
     the streaming engine reuses them: `semantic_features`, `encode_semantic`, `encode_acoustic`,
-    `encode_latent`, `quantize`, `dequantize`, `decode_latent`.
+    `encode_latent`, `latent` (all of them to the pre-VQ latent), `quantize`, `dequantize`, `decode_latent`.
     """
 
     def __init__(self, config: XcodecConfig) -> None:
@@ -158,6 +158,14 @@ class XcodecModel(nn.Module):
         embeddings = torch.cat([e_acoustic.to(e_semantic.device), e_semantic], dim=1)
         return self.fc(embeddings.transpose(1, 2)).transpose(1, 2)
 
+    def latent(self, input_values: torch.Tensor) -> torch.Tensor:
+        """(B, 1, T) waveform -> (B, D, F) latent before quantization: `encode` without the VQ (and without
+        inference mode, so that training backpropagates through it)."""
+        features = self.semantic_features(F.pad(input_values[:, 0, :], (self.pad, self.pad)))
+        e_semantic = self.encode_semantic(features)
+        e_acoustic = self.encode_acoustic(input_values, num_frames=e_semantic.shape[2])
+        return self.encode_latent(e_acoustic, e_semantic)
+
     def quantize(self, embeddings: torch.Tensor, num_quantizers: int) -> torch.Tensor:
         """(B, D, F) -> (B, n_q, F) int64 codes."""
         return self.quantizer.quantize(embeddings, num_quantizers)
@@ -217,11 +225,7 @@ class XcodecModel(nn.Module):
     def encode(self, input_values: torch.Tensor, bandwidth: float | None = None) -> XcodecEncoderOutput:
         """(B, 1, T) 16 kHz waveform -> codes (B, n_q, ceil-ish(T / hop)) for `bandwidth` kbps (None: highest)."""
         num_quantizers = self.config.bandwidth_to_num_quantizers(bandwidth)
-        input_values = self._check_input(input_values)
-        features = self.semantic_features(F.pad(input_values[:, 0, :], (self.pad, self.pad)))
-        e_semantic = self.encode_semantic(features)
-        e_acoustic = self.encode_acoustic(input_values, num_frames=e_semantic.shape[2])
-        embeddings = self.encode_latent(e_acoustic, e_semantic)
+        embeddings = self.latent(self._check_input(input_values))
         return XcodecEncoderOutput(audio_codes=self.quantize(embeddings, num_quantizers))
 
     @torch.inference_mode()

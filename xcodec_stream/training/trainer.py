@@ -99,7 +99,6 @@ class Trainer:
         segment = int(round(config.segment_seconds * model_config.sample_rate / self.hop)) * self.hop
         self.data = CropSampler(data, segment, model_config.sample_rate, config.min_rms, config.seed)
         self.step = 0
-        self.log: list[dict] = []
         self.out.mkdir(parents=True, exist_ok=True)
         if resume and (self.out / STATE_NAME).is_file():
             self._load_state(self.out / STATE_NAME)
@@ -121,19 +120,11 @@ class Trainer:
         return q
 
     # ---- one step -------------------------------------------------------------------------------------
-    def latent(self, x: torch.Tensor) -> torch.Tensor:
-        m = self.model
-        with torch.no_grad():
-            features = m.semantic_features(F.pad(x[:, 0], (m.pad, m.pad)))
-        e_semantic = m.encode_semantic(features)
-        e_acoustic = m.encode_acoustic(x, num_frames=e_semantic.shape[2])
-        return m.encode_latent(e_acoustic, e_semantic)
-
     @torch.no_grad()
     def seed_codebooks(self) -> None:
         latents = []
         for _ in range(SEED_LATENT_BATCHES):
-            z = self.latent(self.data.batch(self.cfg.batch_size).to(self.device))
+            z = self.model.latent(self.data.batch(self.cfg.batch_size).to(self.device))
             latents.append(z.transpose(1, 2).reshape(-1, z.shape[1]))
         self.vq.seed_codebooks(torch.cat(latents))
 
@@ -145,7 +136,7 @@ class Trainer:
         if step >= cfg.vq_start and not bool(self.vq.seeded):
             self.seed_codebooks()
         x = self.data.batch(cfg.batch_size).to(self.device)
-        z = self.latent(x)
+        z = self.model.latent(x)  # the frozen semantic model builds no graph: nothing of it requires grad
         record: dict = {"step": step, "lr": self.lr_at(step)}
         if step >= cfg.vq_start:
             n_q = self.num_quantizers_at()
@@ -200,7 +191,6 @@ class Trainer:
             while self.step < stop:
                 record = self.train_step()
                 record["elapsed_s"] = round(time.monotonic() - started, 1)
-                self.log.append(record)
                 log_file.write(json.dumps(record) + "\n")
                 bar.update(1)
                 bar.set_postfix(

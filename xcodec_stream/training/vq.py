@@ -13,7 +13,8 @@ from torch import nn
 
 
 def _nearest(x: torch.Tensor, embed: torch.Tensor) -> torch.Tensor:
-    """(N, D), (K, D) -> (N,) index of the nearest codebook vector (Euclidean)."""
+    """(N, D), (K, D) -> (N,) index of the nearest codebook vector (Euclidean). Not the model quantizer's
+    `nearest`: that one caches codebook norms per storage, and training changes the codebooks in place."""
     dist = x.pow(2).sum(1, keepdim=True) - 2 * x @ embed.t() + embed.pow(2).sum(1)[None]
     return dist.argmin(dim=1)
 
