@@ -175,6 +175,11 @@ class _Engines:
         return enc, dec
 
 
+def _codes_taken(take: _Take) -> np.ndarray | None:
+    """The code messages a decode or relay stream took this tick, as one (n_q, F) int64 array."""
+    return np.concatenate(take.codes, axis=-1).astype(np.int64) if take.codes else None
+
+
 def _np(x: Any) -> np.ndarray:
     if isinstance(x, torch.Tensor):
         return x.detach().to("cpu").numpy()
@@ -700,7 +705,7 @@ class Worker:
             if st.failed:
                 continue
             if st.spec.mode == Mode.DECODE:
-                c = np.concatenate(t.codes, axis=-1).astype(np.int64) if t.codes else None
+                c = _codes_taken(t)
                 st.n_in += 0 if c is None else c.shape[-1]
                 res[st.sid].consumed = 0 if c is None else c.shape[-1]
                 slot = st.dec_slot
@@ -715,7 +720,7 @@ class Worker:
                 if st.spec.mode == Mode.PUBLISH:
                     c = codes.get(st.sid)
                 else:  # codes that came from another daemon's publisher (serving.cluster)
-                    c = np.concatenate(t.codes, axis=-1).astype(np.int64) if t.codes else None
+                    c = _codes_taken(t)
                 slot = t.room_slot
             else:
                 continue
