@@ -124,3 +124,42 @@ def test_speech_small_recipe_fits_the_size_budget():
     model = XcodecModel(speech_small_config())
     size = sum(v.numel() * v.element_size() for v in to_transformers_state_dict(model).values())
     assert size <= 20e6
+
+
+def test_init_from_starts_from_exactly_the_exported_model(corpus, tmp_path, monkeypatch):
+    checkpoint = _trainer(corpus, tmp_path / "first", _config()).run()
+    exported = XcodecModel.from_pretrained(checkpoint)
+    config = _config(vq_start=0, gan_start=2, disc_warmup=2, steps=3)
+    monkeypatch.setattr(
+        Trainer, "seed_codebooks", lambda self: pytest.fail("k-means re-seeded the codebooks")
+    )
+    trainer = Trainer(
+        corpus,
+        tmp_path / "next",
+        config,
+        progress=False,
+        model_config=XcodecConfig.tiny(),
+        init_from=checkpoint,
+    )
+    assert bool(trainer.vq.seeded)
+    # the training model (weight-normed, EMA codebooks) computes what the checkpoint computes, before any step
+    x = torch.from_numpy(calibration_signal(0.64, seed=9))[None, None]
+    with torch.no_grad():
+        trainer.vq.eval()
+        zq, _, codes = trainer.vq(trainer.model.latent(x), trainer.model.config.num_quantizers)
+        audio = trainer.model.decode_latent(zq)
+        trainer.vq.train()
+    with torch.inference_mode():
+        expected_codes = exported.encode(x).audio_codes
+        expected_audio = exported.decode(expected_codes).audio_values
+    assert torch.equal(codes, expected_codes)
+    assert (audio - expected_audio).abs().max() < 1e-6
+    # and folding it back at step 0 gives the checkpoint's weights
+    again = XcodecModel.from_pretrained(trainer.export())
+    for (name, a), b in zip(exported.state_dict().items(), again.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, rtol=1e-6, atol=0), name
+    # the discriminators learn from step 0, the generator gets their loss from gan_start
+    trainer.run()
+    log = [json.loads(line) for line in (tmp_path / "next" / LOG_NAME).read_text().splitlines()]
+    assert [("disc" in r, "adv" in r) for r in log] == [(True, False), (True, False), (True, True)]
+    assert all("n_q" in r for r in log)  # quantized from the first step

@@ -33,6 +33,15 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--stop-at", type=int, default=None, help="pause after this step (resume later with --resume)"
     )
+    p.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        metavar="CHECKPOINT",
+        help="start from this exported checkpoint folder (e.g. checkpoints/speech-small) instead of random "
+        "weights: its weights and codebooks (no k-means seeding; use --vq-start 0), fresh discriminators and "
+        "optimisers, this run's own step count and schedule. Ignored when --resume finds a state to resume",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     for f in fields(TrainConfig):
@@ -63,7 +72,13 @@ def run(args: argparse.Namespace) -> int:
         **{f.name: getattr(args, f.name) for f in fields(TrainConfig) if hasattr(args, f.name)}
     )
     trainer = Trainer(
-        args.data, args.out, config, device=args.device, resume=args.resume, progress=not args.quiet
+        args.data,
+        args.out,
+        config,
+        device=args.device,
+        resume=args.resume,
+        progress=not args.quiet,
+        init_from=args.init_from,
     )
     out = trainer.run(stop_at=args.stop_at)
     print(f"checkpoint written to {out}" if out else f"paused at step {trainer.step}; continue with --resume")

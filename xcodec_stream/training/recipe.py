@@ -45,6 +45,10 @@ class TrainConfig:
     grad_clip: float = 100.0
     vq_start: int = 300  # steps of plain autoencoder before the codebooks are seeded (k-means) and used
     gan_start: int = 1000  # steps before the discriminators join (a step costs 1.5x with them)
+    # steps before gan_start in which the discriminators already learn on the generator's output while the
+    # generator gets no adversarial loss yet: a fresh discriminator's first gradients are noise, which
+    # matters when the generator is already trained (`--init-from`)
+    disc_warmup: int = 0
     quantizer_dropout: float = 0.5  # fraction of steps trained with a random 1..n_q codebooks
     ema_decay: float = 0.99
     dead_code_threshold: float = 1.0  # EMA usage below which a code is re-seeded from the batch

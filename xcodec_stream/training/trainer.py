@@ -6,6 +6,11 @@ commitment, plus adversarial and feature-matching terms from the discriminators 
 The first `vq_start` steps train a plain autoencoder, then the codebooks are seeded by k-means on the
 latents the encoder makes by then: codebooks seeded on a random encoder's output would be mostly dead.
 
+`init_from` starts from an exported checkpoint folder instead of a random model: its plain weights are
+loaded before the weight norm is applied (so g = ||v|| per output channel and v = w: the effective weights
+are the checkpoint's), its codebooks become the EMA codebooks (no k-means re-seeding), and the
+discriminators and optimisers start fresh. Step 0 of such a run is step 0 of its own schedule.
+
 State (model, EMA statistics, discriminators, optimisers, RNGs, the log) is written to `train-state.pt`
 in the output folder every `checkpoint_every` steps; `--resume` continues from it, bit for bit the same
 run on the same machine. The result is saved with `save_pretrained` (weight norm folded, transformers'
@@ -68,6 +73,7 @@ class Trainer:
         resume: bool = False,
         progress: bool = True,
         model_config: XcodecConfig | None = None,
+        init_from: str | Path | None = None,
     ) -> None:
         self.cfg = config
         self.out = Path(out)
@@ -75,21 +81,32 @@ class Trainer:
         self.progress = progress
         torch.manual_seed(config.seed)
         random.seed(config.seed)
-        model_config = model_config or speech_small_config()  # another shape: for tests
-        model = XcodecModel(model_config)
-        init_weights(model, torch.Generator().manual_seed(config.seed))
+        self.init_from = str(init_from) if init_from is not None else None
+        if init_from is not None:
+            model = XcodecModel.from_pretrained(init_from, dtype=torch.float32)
+            if model_config is not None and model_config.to_dict() != model.config.to_dict():
+                raise ValueError(f"{init_from}: its config is not the model config asked for")
+            model_config = model.config
+            logger.info("initialised from %s", init_from)
+        else:
+            model_config = model_config or speech_small_config()  # another shape: for tests
+            model = XcodecModel(model_config)
+            init_weights(model, torch.Generator().manual_seed(config.seed))
+            model.quantizer.embed.zero_()
         # The semantic model stays frozen at its seeded initialisation; everything else learns.
         model.requires_grad_(True)
         model.semantic_model.requires_grad_(False)
-        model.quantizer.embed.zero_()
         # DAC trains its convolutions with weight norm (steadier under the adversarial loss); it is folded
-        # back into plain weights before saving.
+        # back into plain weights before saving. Applied after loading: weight_norm sets v = w and
+        # g = ||w|| per output channel, so an `init_from` model starts with the checkpoint's own weights.
         for conv in _acoustic_convs(model):
             weight_norm(conv, dim=1 if isinstance(conv, nn.ConvTranspose1d) else 0)
         self.model = model.to(self.device).train()
         self.vq = EmaResidualVQ(
             self.model.quantizer.embed, config.ema_decay, config.dead_code_threshold, config.seed
         ).to(self.device)
+        if init_from is not None:
+            self.vq.seeded.fill_(True)  # trained codebooks: EMA statistics start at them, no k-means
         self.disc = Discriminators().to(self.device).train()
         self.mel = MultiScaleMelLoss(model_config.sample_rate).to(self.device)
         params = [p for p in self.model.parameters() if p.requires_grad]
@@ -146,7 +163,7 @@ class Trainer:
             zq, commit = z, z.new_zeros(())
         y = self.model.decode_latent(zq)
         gan = step >= cfg.gan_start
-        if gan:
+        if step >= cfg.gan_start - cfg.disc_warmup:
             real_scores, real_features = self.disc(x)
             # feature matching reuses these real features (from before this update): one pass fewer
             real_features = [[f.detach() for f in maps] for maps in real_features]
@@ -156,7 +173,7 @@ class Trainer:
             d_loss.backward()
             nn.utils.clip_grad_norm_(self.disc.parameters(), cfg.grad_clip)
             self.opt_d.step()
-            record["disc"] = float(d_loss)
+            record["disc"] = float(d_loss.detach())
         mel = self.mel(y, x)
         wave = F.l1_loss(y, x)
         loss = cfg.mel_weight * mel + cfg.waveform_weight * wave + cfg.commitment_weight * commit
@@ -239,6 +256,7 @@ class Trainer:
         state = {
             "step": self.step,
             "config": self.cfg.to_dict(),
+            "init_from": self.init_from,
             "model": self.model.state_dict(),
             "vq": self.vq.state_dict(),
             "vq_gen": self.vq.gen.get_state(),
