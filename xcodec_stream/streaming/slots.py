@@ -1,8 +1,9 @@
 """Slots shared by the streaming encoder and decoder: per-row counters, buckets, the (compiled) static step.
 
 Every step of an engine moves each of its rows by the same `K` frames (the preset's step), so the step
-function has static shapes: a batch of `bucket` rows (1, 2, 4, 8, ... up to the capacity), padded with a
-scratch row of the state bank, and nothing else that changes from call to call. That is what lets it be
+function has static shapes: compiled, a batch of `bucket` rows (1, 2, 4, 8, ... up to the capacity), padded
+with a scratch row of the state bank, and nothing else that changes from call to call (eager steps run the
+due rows only). That is what lets it be
 compiled (inductor) or captured (CUDA graphs, `torch.compile(mode="reduce-overhead")`), one graph per
 bucket size. Rows at different stream positions, starting or ending, share one step: the step's masks
 come from the per-row `pos` / `end` tensors.
@@ -245,7 +246,9 @@ class SlotEngine:
         """One static step for `rows` (sorted): inputs (n, ...) each; `end` (n,) where each row's signal is
         taken to end. Commits K frames to every row; returns the step's output for the n rows."""
         n = len(rows)
-        b = bucket_size(n, self.batch_size)
+        # eager steps run at exactly n rows: padding only serves compiled graphs (one per bucket), and in
+        # eager mode it is pure waste (100 sessions would compute 128 rows)
+        b = n if self.compile_mode == "eager" else bucket_size(n, self.batch_size)
         pos = self.pos[rows]
         # eager: masks only where a row is warming up or past its end; compiled, they are fused and cheap,
         # and one graph per bucket is enough
