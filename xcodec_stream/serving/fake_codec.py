@@ -3,6 +3,7 @@
 For the serving tests (with the codec out of the way, the daemon's behaviour is exact) and for
 `xcodec-stream bench io` (the daemon's own I/O ceiling, with a codec that costs next to nothing). Each slot
 keeps only the input it has not emitted yet, so a long stream costs the same per step as a short one.
+It conforms to the engine Protocols of xcodec_stream.streaming.engine (tests/streaming/test_engine_protocol.py).
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ def fake_audio(codes: np.ndarray) -> np.ndarray:
 
 class FakeEncoder:
     frame_size = FRAME
+    step_frames = 1  # codes come out frame by frame, as soon as each frame's lookahead is in
     atomic_steps = True  # a step that raises leaves every slot as it was (checked before any change)
 
     def __init__(self, batch_size: int, latency: str = "balanced") -> None:
@@ -67,6 +69,9 @@ class FakeEncoder:
 
     def set_bandwidth(self, slot: int, bandwidth: float | None) -> None:
         self.nq[slot] = FakeConfig().bandwidth_to_num_quantizers(bandwidth)
+
+    def lead_for(self, decoder_step: int) -> int:
+        return 0  # every frame is on a one-frame step grid: no decoder needs a lead to line up with it
 
     def _emit(self, slot: int, n: int) -> np.ndarray:
         """The codes of the next `n` frames of buffered input (none if n <= 0)."""
@@ -100,13 +105,18 @@ class FakeEncoder:
 
 
 class FakeDecoder:
+    step_frames = 1  # decodes every frame as it comes
+
     def __init__(self, batch_size: int, latency: str = "balanced") -> None:
+        self.batch_size = batch_size
         self.lookahead_frames = LOOKAHEAD[latency]
         self.latency_ms = 20.0 * self.lookahead_frames
         self.codes = [np.zeros((0, 0), np.int64) for _ in range(batch_size)]  # codes not decoded yet
         self.emitted = [0] * batch_size  # frames decoded so far
 
-    def reset(self, slot: int) -> None:
+    def reset(self, slot: int, lead: int = 0) -> None:
+        if lead != 0:  # as the real decoder: 0 <= lead < step_frames
+            raise ValueError(f"lead must be 0 (step_frames is 1), got {lead!r}")
         self.codes[slot] = np.zeros((0, 0), np.int64)
         self.emitted[slot] = 0
 
@@ -140,11 +150,17 @@ class FakeModel:
         self.encoders: list[FakeEncoder] = []
 
     def streaming_encoder(
-        self, batch_size: int, bandwidth: float | None = None, latency: str = "balanced"
+        self,
+        batch_size: int = 1,
+        bandwidth: float | None = None,
+        latency: str = "balanced",
+        compile: str | bool = "eager",  # nothing to compile: accepted as the real model's builders do
     ) -> FakeEncoder:
         enc = FakeEncoder(batch_size, latency)
         self.encoders.append(enc)
         return enc
 
-    def streaming_decoder(self, batch_size: int, latency: str = "balanced") -> FakeDecoder:
+    def streaming_decoder(
+        self, batch_size: int = 1, latency: str = "balanced", compile: str | bool = "eager"
+    ) -> FakeDecoder:
         return FakeDecoder(batch_size, latency)

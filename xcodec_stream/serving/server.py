@@ -10,13 +10,13 @@ import logging
 import socket
 import time
 from collections.abc import Callable
-from typing import Any
 from urllib.parse import urlsplit
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from ..streaming.engine import CodecModel
 from .auth import TokenAuth, unauthorized
 from .config import ServerConfig
 from .http import HttpReply, HttpRouter, respond
@@ -34,7 +34,8 @@ from .protocol import (
 )
 from .resume import ResumeRegistry
 from .rooms import RoomRegistry
-from .sessions import CodecInfo, Session, error_close
+from .session_core import CodecInfo
+from .sessions import Session, error_close
 from .tls import server_context
 from .worker import StepResult, Worker, percentile_ms
 
@@ -46,7 +47,7 @@ BALANCER_HEADER = "X-Xcodec-Balancer"
 DRAIN_TIMEOUT_S = 2.0  # how long a closing session may take to send what is queued before the close frame
 
 
-def codec_info(model: Any, model_id: str) -> CodecInfo:
+def codec_info(model: CodecModel, model_id: str) -> CodecInfo:
     cfg = model.config
     bandwidths = tuple(float(b) for b in getattr(cfg, "target_bandwidths", ()) or ())
     return CodecInfo(
@@ -82,7 +83,7 @@ class XcodecServer:
     """`async with XcodecServer(model, config) as srv:` serves on `srv.url` until the block exits."""
 
     def __init__(
-        self, model: Any, config: ServerConfig, *, model_id: str | None = None, device: str = ""
+        self, model: CodecModel, config: ServerConfig, *, model_id: str | None = None, device: str = ""
     ) -> None:
         self.model = model
         self.config = config

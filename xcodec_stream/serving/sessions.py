@@ -1,70 +1,94 @@
-"""One connection's session: the protocol state machine (no socket I/O), its bounded output queue and limits."""
+"""One connection's session on the event loop: feeds its SessionMachine events and carries out the actions."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
-import time
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 from .config import ServerConfig
-from .flow import OutputQueue, QueueOverflow, TokenBucket
-from .logs import session_log
 from .metrics import Metrics
-from .modes import Mode
-from .protocol import (
-    CLOSE_ROOM_ENDED,
-    FORMATS,
-    PROTOCOL_VERSION,
-    Ack,
-    Audio,
-    ClientMessage,
-    Codes,
-    Flush,
-    Hello,
-    ProtocolError,
-    StatsRequest,
-    error_message,
-    pack,
-    parse_client_message,
+from .protocol import Hello, ProtocolError, error_message, pack
+from .rooms import RoomRegistry
+from .session_core import CodecInfo, ServerFigures, SessionMachine
+from .session_events import (
+    Action,
+    AttachListener,
+    BroadcastCodes,
+    ClaimRoom,
+    Close,
+    Closed,
+    CloseStream,
+    DetachListener,
+    EndRoom,
+    Event,
+    Failed,
+    FlushStream,
+    JoinRoom,
+    LeaveRoom,
+    ListenerAttached,
+    OpenRoom,
+    OpenStream,
+    PushAudio,
+    PushCodes,
+    Received,
+    Result,
+    RoomClaimed,
+    RoomData,
+    RoomEnded,
+    RoomJoined,
+    RoomOpened,
+    SendRoomAudio,
+    Shutdown,
+    StartStats,
+    StatsDue,
+    StepFailed,
+    StopStats,
+    StreamOpened,
+    UnclaimRoom,
 )
-from .resume import ReplayBuffer, span
-from .rooms import Room, RoomRegistry
-from .worker import EngineInfo, StepResult, StreamSpec, Worker, WorkerFull
+from .worker import StepResult, Worker, WorkerFull
 
-log = logging.getLogger("xcodec_stream.session")
-
-DEFAULT_WANT = {
-    Mode.LOOPBACK: ("audio",),
-    Mode.LISTEN: ("audio",),
-    Mode.PUBLISH: (),
-    Mode.ENCODE: ("codes",),
-    Mode.DECODE: ("audio",),
-}
+__all__ = ["Session", "error_close"]
 
 
-@dataclass(frozen=True)
-class CodecInfo:
-    """What the server tells clients about its model."""
+def _machine_attr(name: str, *, settable: bool = False) -> property:
+    """A SessionMachine attribute seen through the Session (the server, rooms and metrics read these)."""
 
-    model_id: str
-    sample_rate: int
-    frame_size: int
-    frame_rate: float
-    num_quantizers: int
-    codebook_size: int
-    bandwidths: tuple[float, ...]
+    def get(self: Session) -> Any:
+        return getattr(self.machine, name)
+
+    def put(self: Session, value: Any) -> None:
+        setattr(self.machine, name, value)
+
+    return property(get, put if settable else None, doc=f"SessionMachine.{name}")
 
 
 class Session:
-    """Protocol state of one session. `handle(frame)` consumes client frames, `on_result` worker output;
-    everything to send goes to `out`. A fatal error sets `close_code`/`close_reason`; the server then drains
-    `out` and closes the socket. States: handshake -> opening -> ready -> flushing -> done ; closed.
+    """The asyncio adapter of a SessionMachine: client frames (`handle`), worker output (`on_result`), room
+    traffic, shutdown and teardown become events; the actions become Worker and RoomRegistry calls, the
+    `stats_interval_ms` timer and `closing` (set with close_code: the server then drains `out` and closes).
 
-    A session outlives its connection when resume is on: while `attached` is False (the connection dropped)
-    it keeps its slots and its output (pinned, never dropped) for `[resume] grace_s`; `resume_front` gives
-    what a returning client must get first. Output handed to a socket stays in `replay` until acknowledged.
+    Handshake steps that wait (a worker slot, a room in a cluster) are awaited inside `handle`, as before: the
+    server reads the connection's next frame only once the hello is answered.
     """
+
+    out = _machine_attr("out")
+    log = _machine_attr("log")
+    state = _machine_attr("state")
+    mode = _machine_attr("mode")
+    rate = _machine_attr("rate")
+    want_audio = _machine_attr("want_audio")
+    want_codes = _machine_attr("want_codes")
+    close_code = _machine_attr("close_code")
+    close_reason = _machine_attr("close_reason")
+    lag_ms = _machine_attr("lag_ms")
+    busy = _machine_attr("busy")
+    drained = _machine_attr("drained")
+    done_msg = _machine_attr("done_msg")
+    done_sent = _machine_attr("done_sent")
+    token = _machine_attr("token", settable=True)
+    attached = _machine_attr("attached", settable=True)
 
     def __init__(
         self,
@@ -78,527 +102,154 @@ class Session:
         metrics: Metrics | None = None,
     ) -> None:
         self.sid = sid
-        self.config = config
-        self.codec = codec
         self.worker = worker
         self.rooms = rooms
         self.sessions = sessions
-        self.metrics = metrics
-        self.log = session_log(log, sid)
-        self.out = OutputQueue(
-            config.max_output_queue_ms,
-            config.max_control_queue,
-            on_drop=metrics.dropped.inc if metrics is not None else None,
+        self.machine = SessionMachine(
+            sid, config=config, codec=codec, node=rooms.node, metrics=metrics, figures=self._figures
         )
-        self.bucket = TokenBucket(config.max_messages_per_second, config.message_burst)
-        self.state = "handshake"
-        self.hello: Hello | None = None
-        self.info: EngineInfo | None = None
-        self.room: Room | None = None
-        self.want_audio = self.want_codes = False
-        self.close_code: int | None = None
-        self.close_reason = ""
-        self.closing = asyncio.Event()  # set with close_code: the server drains `out` and closes
-        self.next_seq = 0  # audio: next seq expected; decode: next frame expected
-        self.received = 0  # client-rate samples (decode: frames) accepted
-        self.consumed = 0  # ... of which the worker has processed
-        self.samples_out = 0
-        self.frames_out = 0
-        self.rejected_in_a_row = 0
-        self.errors: dict[str, int] = {}
-        self.started = time.monotonic()
+        self.closing = asyncio.Event()
         self._stats_task: asyncio.Task | None = None
-        # resume
-        self.token: str | None = None  # set by the server when resume is on
-        self.replay = ReplayBuffer(config.resume_max_unacked_ms) if config.resume_enabled else None
-        self.attached = True  # a connection is serving this session
-        self.seq_end: int | None = None  # last input seq (decode: frame) the codec consumed
-        self.done_msg: dict | None = None
-        self.done_sent = False  # `done` was handed to a socket (a resumed client gets it again)
-        self.shutting_down = False
-        self._claimed = False  # publish: the room name is ours (released by close if no room came of it)
+        self._steps: dict[type, Callable[[Any], Awaitable[Event]]] = {
+            ClaimRoom: self._claim_room,
+            OpenStream: self._open_stream,
+            OpenRoom: self._open_room,
+            JoinRoom: self._join_room,
+            AttachListener: self._attach_listener,
+        }
 
-    # ------------------------------------------------------------------ helpers
-    @property
-    def mode(self) -> str | None:
-        return self.hello.mode if self.hello else None
+    def _figures(self) -> ServerFigures:
+        return ServerFigures(self.worker.last_tick_ms, self.worker.last_batch, len(self.sessions))
 
-    @property
-    def rate(self) -> int:
-        return self.hello.sample_rate if self.hello else self.codec.sample_rate
+    # ------------------------------------------------------------------ events
+    async def handle(self, data: bytes | str) -> None:
+        """Process one client frame (and the handshake steps it starts). Errors become `error` messages."""
+        actions = self.machine.feed(Received(data))
+        while actions:
+            step = self._steps.get(type(actions[-1]))  # a step comes last: the machine waits for its answer
+            if step is None:
+                self._apply(actions)
+                return
+            self._apply(actions[:-1])
+            actions = self.machine.feed(await step(actions[-1]))
 
-    def _unit_ms(self) -> float:
-        """Milliseconds per input unit: a sample at the client rate, or a frame in decode mode."""
-        return 1000.0 / (self.codec.frame_rate if self.mode == Mode.DECODE else self.rate)
+    def on_result(self, r: StepResult) -> None:
+        self._apply(self.machine.feed(Result(r)))
 
-    @property
-    def lag_ms(self) -> float:
-        """Input accepted but not yet processed by the worker."""
-        return (self.received - self.consumed) * self._unit_ms()
+    def room_data(self, msg: dict, duration_ms: float) -> None:
+        self._apply(self.machine.feed(RoomData(msg, duration_ms)))
 
-    @property
-    def busy(self) -> bool:
-        """The server owes this session work: input not yet processed, or a flush not yet done."""
-        return self.received > self.consumed or self.state == "flushing"
+    def room_ended(self, reason: str) -> None:
+        self._apply(self.machine.feed(RoomEnded(reason)))
 
     def fail(self, err: ProtocolError) -> None:
         """Queue the error; if fatal, mark the session for closing with the error's close code."""
-        self.errors[err.code] = self.errors.get(err.code, 0) + 1
-        if self.metrics is not None:
-            self.metrics.error(err.code)
-        msg = error_message(err)
-        if err.fatal:
-            self.log.info("fatal error %s: %s", err.code, err.message)
-            self.out.put_control(msg, force=True)
-            self._set_close(err.close_code, err.code)
-            return
-        try:
-            self.out.put_control(msg)
-        except QueueOverflow:
-            self.fail(ProtocolError("too_slow", "the client does not read its messages"))
+        self._apply(self.machine.feed(Failed(err)))
 
-    def _control(self, msg: dict) -> None:
-        if not self.attached and msg["type"] in ("ack", "stats"):
-            return  # nobody to read them; `resumed` carries the figures a returning client needs
-        try:
-            self.out.put_control(msg)
-        except QueueOverflow:
-            self.fail(ProtocolError("too_slow", "the client does not read its messages"))
-
-    # ------------------------------------------------------------------ client frames
-    async def handle(self, data: bytes | str) -> None:
-        """Process one client frame. Never raises ProtocolError: errors become `error` messages."""
-        if self.close_code is not None or self.state == "closed":
-            return
-        try:
-            if not self.bucket.take():
-                self.rejected_in_a_row += 1
-                if self.rejected_in_a_row >= self.config.flood_close_after:
-                    raise ProtocolError("rate_limited", "message flood; closing", fatal=True)
-                raise ProtocolError(
-                    "rate_limited", f"more than {self.config.max_messages_per_second:g} messages/s"
-                )
-            msg = parse_client_message(data)
-            if self.state == "handshake":
-                if not isinstance(msg, Hello):
-                    raise ProtocolError("bad_state", "the first message must be hello", fatal=True)
-                await self._hello(msg)
-            else:
-                self._dispatch(msg)
-            self.rejected_in_a_row = 0
-        except ProtocolError as err:
-            if self.state in ("handshake", "opening"):
-                err.fatal = True  # no session to go on with
-            self.fail(err)
-
-    def _dispatch(self, msg: ClientMessage) -> None:
-        if isinstance(msg, Hello):
-            raise ProtocolError("bad_state", "hello was already accepted")
-        if isinstance(msg, Ack):
-            if self.replay is not None:
-                self.replay.ack(msg.sample, msg.frame)
-            return
-        if isinstance(msg, StatsRequest):
-            self._control(self.stats_message())
-            return
-        if self.state == "done":
-            raise ProtocolError(
-                "bad_state", "the stream is finished (flush was processed); open a new connection"
-            )
-        if isinstance(msg, Audio):
-            self._audio(msg)
-        elif isinstance(msg, Codes):
-            self._codes(msg)
-        elif isinstance(msg, Flush):
-            if self.mode == Mode.LISTEN:
-                raise ProtocolError("bad_state", "listeners cannot flush")
-            if self.state == "flushing":
-                raise ProtocolError("bad_state", "flush already sent")
-            self.state = "flushing"
-            self.worker.flush(self.sid)
-
-    def _audio(self, msg: Audio) -> None:
-        if not Mode(self.mode).encodes:
-            raise ProtocolError("bad_state", f"audio is not accepted in {self.mode} mode")
-        if self.state == "flushing":
-            raise ProtocolError("bad_state", "audio after flush")
-        if msg.seq != self.next_seq:
-            raise ProtocolError("bad_seq", f"audio.seq {msg.seq} but {self.next_seq} expected")
-        want = FORMATS[self.hello.format]
-        if msg.pcm.dtype.str != want:
-            raise ProtocolError(
-                "bad_audio", f"format {self.hello.format} needs {want} samples, got {msg.pcm.dtype.str}"
-            )
-        n = msg.pcm.size
-        if n * 1000.0 / self.rate > self.config.max_chunk_ms:
-            raise ProtocolError(
-                "too_large", f"chunk of {n} samples is over max_chunk_ms={self.config.max_chunk_ms:g}"
-            )
-        if self.lag_ms + n * 1000.0 / self.rate > self.config.max_backlog_ms:
-            raise ProtocolError(
-                "rate_limited",
-                f"{self.lag_ms:.0f} ms of audio not yet processed (max_backlog_ms={self.config.max_backlog_ms:g}); "
-                f"resend seq {msg.seq} later",
-            )
-        self.next_seq += 1
-        self.received += n
-        self.worker.push_audio(self.sid, msg.seq, msg.pcm)
-
-    def _codes(self, msg: Codes) -> None:
-        if self.mode != Mode.DECODE:
-            raise ProtocolError("bad_state", f"codes are not accepted in {self.mode} mode")
-        if self.state == "flushing":
-            raise ProtocolError("bad_state", "codes after flush")
-        n_q, n = msg.codes.shape
-        if n_q != self.info.n_q:
-            raise ProtocolError(
-                "bad_codes", f"codes have n_q={n_q}, this session decodes n_q={self.info.n_q}"
-            )
-        if n and int(msg.codes.max()) >= self.codec.codebook_size:
-            raise ProtocolError(
-                "bad_codes",
-                f"code {int(msg.codes.max())} outside the codebook (size {self.codec.codebook_size})",
-            )
-        if msg.frame != self.next_seq:
-            raise ProtocolError("bad_seq", f"codes.frame {msg.frame} but {self.next_seq} expected")
-        if n * self._unit_ms() > self.config.max_chunk_ms:
-            raise ProtocolError("too_large", f"{n} frames is over max_chunk_ms={self.config.max_chunk_ms:g}")
-        if self.lag_ms + n * self._unit_ms() > self.config.max_backlog_ms:
-            raise ProtocolError(
-                "rate_limited",
-                f"{self.lag_ms:.0f} ms of codes not yet processed; resend frame {msg.frame} later",
-            )
-        self.next_seq += n
-        self.received += n
-        self.worker.push_codes(self.sid, msg.frame, msg.codes)
-
-    # ------------------------------------------------------------------ handshake
-    async def _hello(self, hello: Hello) -> None:
-        cfg = self.config
-        if hello.resume is not None:  # the server takes resumes before a Session exists
-            raise ProtocolError("bad_state", "a resume must be the first message of a connection")
-        if hello.mode == Mode.LISTEN:
-            await self._hello_listen(hello)
-            return
-        preset = hello.latency or cfg.default_latency
-        if preset not in cfg.allowed_presets:
-            raise ProtocolError(
-                "bad_field",
-                f"latency preset {preset!r} not enabled here; allowed: {list(cfg.allowed_presets)}",
-            )
-        bandwidth = hello.bandwidth if hello.bandwidth is not None else cfg.default_bandwidth
-        if bandwidth is not None and not any(abs(bandwidth - b) < 1e-6 for b in self.codec.bandwidths):
-            raise ProtocolError(
-                "bad_field",
-                f"bandwidth {bandwidth:g} kbps not offered; choose from {list(self.codec.bandwidths)}",
-            )
-        if bandwidth is not None:
-            bandwidth = next(b for b in self.codec.bandwidths if abs(bandwidth - b) < 1e-6)
-        want = hello.want if hello.want is not None else DEFAULT_WANT[hello.mode]
-        if hello.mode == Mode.PUBLISH and "audio" in want:
-            raise ProtocolError("bad_field", "a publisher can only want codes (its own)")
-        self.hello = hello
-        self.want_audio, self.want_codes = "audio" in want, "codes" in want
-        self.state = "opening"
-        if hello.mode == Mode.PUBLISH:
-            await self.rooms.claim(hello.room, self)  # room_busy (cluster-wide in a cluster)
-            self._claimed = True
-        spec = StreamSpec(
-            hello.mode, hello.sample_rate, hello.format, preset, bandwidth, want_audio=self.want_audio
-        )
-        try:
-            fut = self.worker.open(self.sid, spec)
-        except WorkerFull as exc:
-            raise ProtocolError("server_full", str(exc)) from None
-        try:
-            self.info = await asyncio.wrap_future(fut)
-        except Exception as exc:
-            raise ProtocolError("internal", f"could not open the stream: {exc}") from None
-        if hello.mode == Mode.PUBLISH:
-            self.room = await self.rooms.open(hello.room, self, self._room_params(preset, bandwidth))
-        self._go(preset, bandwidth, want)
-
-    async def _hello_listen(self, hello: Hello) -> None:
-        """Listeners take the room's preset and bandwidth (hello.latency/bandwidth are ignored)."""
-        want = hello.want if hello.want is not None else DEFAULT_WANT[Mode.LISTEN]
-        self.hello = hello
-        self.want_audio, self.want_codes = "audio" in want, "codes" in want
-        self.state = "opening"
-        await self._join_room(hello)
-        params = self.room.params
-        self._go(params["latency"], params["bandwidth"], want)
-        if self.state == "ready":
-            self._control(self.room.room_message())  # before any frame: what the codes mean
-
-    def _go(self, preset: str, bandwidth: float | None, want: tuple[str, ...]) -> None:
-        if self.close_code is not None:
-            return
-        self.state = "ready"
-        self._control(self._ready(preset, bandwidth, want))
-        if self.metrics is not None:
-            self.metrics.sessions_opened.labels(self.mode).inc()
-        self.log.info(
-            "ready: %s, %d Hz %s, preset %s, client %r", self.mode, self.rate, self.hello.format, preset,
-            self.hello.client,
-        )  # fmt: skip
-        hello = self.hello
-        if hello.stats_interval_ms:
-            self._stats_task = asyncio.get_running_loop().create_task(
-                self._periodic_stats(hello.stats_interval_ms)
-            )
-
-    async def _periodic_stats(self, interval_ms: int) -> None:
-        while self.state not in ("closed",) and self.close_code is None:
-            await asyncio.sleep(interval_ms / 1000.0)
-            self._control(self.stats_message())
-
-    async def _join_room(self, hello: Hello) -> None:
-        room = await self.rooms.join_async(hello.room, self)
-        self.room = room
-        pub = room.publisher
-        if self.want_audio:
-            try:
-                self.worker.attach_listener(pub.sid, self.sid, hello.sample_rate, hello.format)
-            except WorkerFull as exc:
-                self.rooms.leave(room.name, self)
-                raise ProtocolError("server_full", str(exc)) from None
-        p = room.params
-        self.info = EngineInfo(
-            n_q=p["n_q"],
-            latency_ms=p["encoder_latency_ms"] + (p["decoder_latency_ms"] if self.want_audio else 0.0),
-            encoder_latency_ms=p["encoder_latency_ms"],
-            decoder_latency_ms=p["decoder_latency_ms"],
-            lookahead_frames=p["lookahead_frames"],
-            frame_size=self.codec.frame_size,
-        )
-
-    def _room_params(self, preset: str, bandwidth: float | None) -> dict:
-        info = self.info
-        return {
-            "n_q": info.n_q,
-            "bandwidth": bandwidth if bandwidth is not None else self.codec.bandwidths[-1],
-            "frame_rate": self.codec.frame_rate,
-            "frame_size": self.codec.frame_size,
-            "codebook_size": self.codec.codebook_size,
-            "latency": preset,
-            "encoder_latency_ms": info.encoder_latency_ms,
-            "decoder_latency_ms": info.decoder_latency_ms,
-            "lookahead_frames": info.lookahead_frames,
-            "publisher_sample_rate": self.rate,
-        }
-
-    def _ready(self, preset: str, bandwidth: float | None, want: tuple[str, ...]) -> dict:
-        cfg, codec, info = self.config, self.codec, self.info
-        return {
-            "type": "ready",
-            "version": PROTOCOL_VERSION,
-            "session": self.sid,
-            "resume_token": self.token,  # absent when the server does not keep sessions for a resume
-            "mode": self.mode,
-            "model": codec.model_id,
-            "codec_sample_rate": codec.sample_rate,
-            "sample_rate": self.rate,
-            "format": self.hello.format,
-            "frame_size": codec.frame_size,
-            "frame_rate": codec.frame_rate,
-            "n_q": info.n_q,
-            "max_n_q": codec.num_quantizers,
-            "codebook_size": codec.codebook_size,
-            "bandwidth": bandwidth if bandwidth is not None else codec.bandwidths[-1],
-            "bandwidths": list(codec.bandwidths),
-            "latency": preset,
-            "algorithmic_latency_ms": round(info.latency_ms, 3),
-            "lookahead_frames": info.lookahead_frames,
-            "want": list(want),
-            "room": self.hello.room,
-            "node": self.rooms.node,  # in a cluster: the daemon holding this session (resume: `?node=`)
-            "limits": {
-                "max_message_bytes": cfg.max_message_bytes,
-                "max_chunk_ms": cfg.max_chunk_ms,
-                "max_backlog_ms": cfg.max_backlog_ms,
-                "max_output_queue_ms": cfg.max_output_queue_ms,
-                "max_messages_per_second": cfg.max_messages_per_second,
-                "message_burst": cfg.message_burst,
-                "idle_timeout_s": cfg.idle_timeout_s,
-                "resume_grace_s": cfg.resume_grace_s if self.token else 0.0,
-                "max_unacked_ms": cfg.resume_max_unacked_ms if self.token else 0.0,
-            },
-        }
-
-    # ------------------------------------------------------------------ worker output
-    def on_result(self, r: StepResult) -> None:
-        if self.state == "closed":
-            return
-        if r.error is not None:
-            text = {
-                "server_busy": "the server ran out of memory and shed this session; retry later",
-            }.get(r.error, "the codec step failed for this session")
-            self.fail(ProtocolError(r.error, text))
-            return
-        self.consumed += r.consumed
-        if r.seq_end is not None:
-            self.seq_end = r.seq_end
-        pin = self._pin_output
-        sent = False
-        if r.codes is not None:
-            self.frames_out += r.codes.shape[-1]
-            if self.want_codes:
-                msg = {"type": "codes", "frame": r.frame, "codes": r.codes, "seq_end": r.seq_end}
-                self.out.put_data(msg, r.codes.shape[-1] * 1000.0 / self.codec.frame_rate, pinned=pin)
-                sent = True
-            if self.room is not None:
-                self.room.broadcast_codes(r.frame, r.codes, 1000.0 / self.codec.frame_rate)
-        if r.audio is not None:
-            self.samples_out += r.audio.size
-            msg = {"type": "audio", "sample": r.sample, "pcm": r.audio, "seq_end": r.seq_end}
-            self.out.put_data(msg, 1000.0 * r.audio.size / self.rate, pinned=pin)
-            sent = True
-        if r.listeners and self.room is not None:
-            rates = {sid: m.rate for sid, m in self.room.listeners.items()}
-            self.room.send_audio({k: v for k, v in r.listeners.items() if k in rates}, rates)
-        if r.done is not None:
-            self.state = "done"
-            reason = {"reason": "shutting_down"} if self.shutting_down else {}
-            self.done_msg = {"type": "done", **r.done, "dropped": self.out.dropped, **reason}
-            self._control(dict(self.done_msg))
-            if self.room is not None and self.mode == Mode.PUBLISH:
-                self.rooms.end(self.room.name, "publisher_done")
-        elif not sent and r.seq_end is not None:
-            self._control({"type": "ack", "seq_end": r.seq_end})
-
-    # listener side of a room
-    def room_data(self, msg: dict, duration_ms: float) -> None:
-        if msg["type"] == "codes":
-            self.frames_out += msg["codes"].shape[-1]
-        else:
-            self.samples_out += msg["pcm"].size
-        self.out.put_data(msg, duration_ms)  # never pinned: a room does not wait for a listener
-
-    @property
-    def _pin_output(self) -> bool:
-        """Output made while the connection is down is owed to the client in full (it is bounded by the
-        input already accepted: max_backlog_ms plus the codec's tail)."""
-        return not self.attached and self.replay is not None
-
-    # ------------------------------------------------------------------ resume
-    def sending(self, msg: dict) -> None:
-        """The writer hands `msg` to the socket: keep data until acknowledged, remember `done`."""
-        if self.replay is not None and msg["type"] in ("audio", "codes"):
-            kind, start, end = span(msg)
-            unit_ms = 1000.0 / (self.rate if kind == "audio" else self.codec.frame_rate)
-            self.replay.record(msg, (end - start) * unit_ms)
-        elif msg["type"] == "done":
-            self.done_sent = True
-
-    def check_resume(self, hello: Hello) -> None:
-        if self.replay is None or self.state not in ("ready", "flushing", "done"):
-            raise ProtocolError("resume_failed", "this session cannot be resumed")
-        self.replay.check(hello.sample, hello.frame)
-
-    def resume_front(self, hello: Hello) -> list[tuple[dict, float]]:
-        """What a returning client gets before anything still queued: `resumed`, the output it has not
-        received (from its positions), and `done` again if it was sent on the lost connection."""
-        items, start = self.replay.take_from(hello.sample, hello.frame)
-        resumed = {
-            "type": "resumed",
-            "session": self.sid,
-            "mode": self.mode,
-            "state": self.state,
-            "next_frame" if self.mode == Mode.DECODE else "next_seq": self.next_seq,
-            "seq_end": self.seq_end,
-            "sample": start["audio"],
-            "frame": start["codes"],
-            "samples_out": self.samples_out,
-            "frames_out": self.frames_out,
-            "dropped": self.out.dropped,
-            "resume_token": self.token,
-        }
-        if self.mode == Mode.LISTEN:
-            del resumed["next_seq"]  # a listener sends no input
-        front = [(resumed, 0.0), *items]
-        if self.done_sent and self.done_msg is not None:
-            front.append((dict(self.done_msg), 0.0))
-            self.done_sent = False
-        return front
-
-    # ------------------------------------------------------------------ server shutdown
     def begin_shutdown(self) -> None:
         """The server stops: flush the stream as if the client had sent `flush` (its output and `done` follow)."""
-        self.shutting_down = True
-        if self.state in ("handshake", "opening"):
-            self.fail(ProtocolError("shutting_down", "the server is stopping"))
-        elif self.state == "ready" and self.mode != Mode.LISTEN:
-            self.state = "flushing"
-            self.worker.flush(self.sid)
+        self._apply(self.machine.feed(Shutdown()))
 
-    @property
-    def drained(self) -> bool:
-        """Nothing more will come from the codec for this session."""
-        return (
-            self.close_code is not None
-            or self.state in ("done", "closed")
-            or (self.mode == Mode.LISTEN and self.room is None)
-        )
-
-    def room_ended(self, reason: str) -> None:
-        if self.state == "closed":
-            return
-        self.state = "done"
-        self.room = None
-        self.done_msg = {
-            "type": "done",
-            "reason": "shutting_down" if self.shutting_down else reason,
-            "samples_out": self.samples_out,
-            "frames_out": self.frames_out,
-            "dropped": self.out.dropped,
-        }
-        self._control(dict(self.done_msg))
-        if not self.shutting_down:  # (a server that stops closes every session with 1001 itself)
-            self._set_close(CLOSE_ROOM_ENDED, reason)
-
-    def _set_close(self, code: int, reason: str) -> None:
-        if self.close_code is None:
-            self.close_code, self.close_reason = code, reason
-            self.closing.set()
-
-    def stats_message(self) -> dict:
-        return {
-            "type": "stats",
-            "session": self.sid,
-            "state": self.state,
-            "lag_ms": round(self.lag_ms, 3),
-            "received": self.received,
-            "consumed": self.consumed,
-            "samples_out": self.samples_out,
-            "frames_out": self.frames_out,
-            "output_queue": len(self.out),
-            "output_queue_ms": round(self.out.data_ms + self.out.pinned_ms, 3),
-            "dropped": self.out.dropped,
-            "errors": dict(self.errors),
-            "worker_tick_ms": round(self.worker.last_tick_ms, 3),
-            "worker_batch": self.worker.last_batch,
-            "sessions": len(self.sessions),
-        }
-
-    # ------------------------------------------------------------------ teardown
     def close(self) -> None:
         """Session over: free the worker slots, leave or end the room. Idempotent."""
-        if self.state == "closed":
-            return
-        mode, room = self.mode, self.room
-        self.state = "closed"
-        if self._stats_task is not None:
-            self._stats_task.cancel()
-        if mode == Mode.LISTEN and room is not None:
-            self.rooms.leave(room.name, self)
-            if self.want_audio:
-                self.worker.detach_listener(room.publisher.sid, self.sid)
-        elif mode is not None:
-            self.worker.close(self.sid)
-            if mode == Mode.PUBLISH and room is not None:
-                self.rooms.end(room.name, "publisher_left")
-            elif mode == Mode.PUBLISH and self._claimed:
-                self.rooms.unclaim(self.hello.room, self)
+        self._apply(self.machine.feed(Closed()))
+
+    def sending(self, msg: dict) -> None:
+        self.machine.sending(msg)
+
+    def check_resume(self, hello: Hello) -> None:
+        self.machine.check_resume(hello)
+
+    def resume_front(self, hello: Hello) -> list[tuple[dict, float]]:
+        return self.machine.resume_front(hello)
+
+    def stats_message(self) -> dict:
+        return self.machine.stats_message()
+
+    # ------------------------------------------------------------------ actions
+    def _apply(self, actions: list[Action]) -> None:
+        for action in actions:
+            self._execute(action)
+
+    def _execute(self, action: Action) -> None:
+        sid, worker = self.sid, self.worker
+        match action:
+            case PushAudio(seq, pcm):
+                worker.push_audio(sid, seq, pcm)
+            case PushCodes(frame, codes):
+                worker.push_codes(sid, frame, codes)
+            case FlushStream():
+                worker.flush(sid)
+            case CloseStream():
+                worker.close(sid)
+            case DetachListener(publisher):
+                worker.detach_listener(publisher, sid)
+            case LeaveRoom(name):
+                self.rooms.leave(name, self)
+            case UnclaimRoom(name):
+                self.rooms.unclaim(name, self)
+            case EndRoom(name, reason):
+                self.rooms.end(name, reason)
+            case BroadcastCodes(room, frame, codes, frame_ms):
+                room.broadcast_codes(frame, codes, frame_ms)
+            case SendRoomAudio(room, listeners):
+                rates = {lid: m.rate for lid, m in room.listeners.items()}
+                room.send_audio({k: v for k, v in listeners.items() if k in rates}, rates)
+            case StartStats(interval_ms):
+                self._stats_task = asyncio.get_running_loop().create_task(self._periodic_stats(interval_ms))
+            case StopStats():
+                if self._stats_task is not None:
+                    self._stats_task.cancel()
+            case Close():
+                self.closing.set()
+            case _:
+                raise TypeError(f"{type(action).__name__} is a handshake step: it runs only within handle()")
+
+    async def _periodic_stats(self, interval_ms: int) -> None:
+        machine = self.machine
+        while machine.state != "closed" and machine.close_code is None:
+            await asyncio.sleep(interval_ms / 1000.0)
+            self._apply(machine.feed(StatsDue()))
+
+    # ------------------------------------------------------------------ handshake steps (answer an event)
+    async def _claim_room(self, action: ClaimRoom) -> Event:
+        try:
+            await self.rooms.claim(action.name, self)
+        except ProtocolError as err:
+            return StepFailed(err)
+        return RoomClaimed()
+
+    async def _open_stream(self, action: OpenStream) -> Event:
+        try:
+            fut = self.worker.open(self.sid, action.spec)
+        except WorkerFull as exc:
+            return StepFailed(ProtocolError("server_full", str(exc)))
+        try:  # (cancelled with the connection: the worker then drops the open and frees its slots)
+            info = await asyncio.wrap_future(fut)
+        except Exception as exc:
+            return StepFailed(ProtocolError("internal", f"could not open the stream: {exc}"))
+        return StreamOpened(info)
+
+    async def _open_room(self, action: OpenRoom) -> Event:
+        try:
+            room = await self.rooms.open(action.name, self, action.params)
+        except ProtocolError as err:
+            return StepFailed(err)
+        return RoomOpened(room)
+
+    async def _join_room(self, action: JoinRoom) -> Event:
+        try:
+            room = await self.rooms.join_async(action.name, self)
+        except ProtocolError as err:
+            return StepFailed(err)
+        return RoomJoined(room)
+
+    async def _attach_listener(self, action: AttachListener) -> Event:
+        try:
+            self.worker.attach_listener(action.publisher, self.sid, action.sample_rate, action.format)
+        except WorkerFull as exc:
+            return StepFailed(ProtocolError("server_full", str(exc)))
+        return ListenerAttached()
 
 
 def error_close(err: ProtocolError) -> tuple[bytes, int, str]:
