@@ -60,5 +60,5 @@ def test_bench_stream_writes_its_section(tmp_path, preset):
     assert main(args) == 0
     text = out.read_text()
     assert "<!-- bench:stream-random-tiny-cpu:begin -->" in text and "offline encode + decode" in text
-    assert "GFLOP per audio s" in text and "RTF bound" in text
+    assert "GFLOP per audio s" in text and "RTF bound" in text and "RTF at op shapes" in text
     assert f"| {preset} | 40 |" in text and "Long stream" in text and "Machine:" in text

@@ -136,6 +136,20 @@ def _gflop_per_audio_second(model, preset: str | None, x: torch.Tensor, chunk: i
     return counter.get_total_flops() / 1e9 / (x.shape[0] / model.sample_rate)
 
 
+def _shape_bound(model, preset: str | None, x: torch.Tensor, chunk: int) -> float:
+    """RTF of the run's matmul/conv/attention calls alone, each timed at its own shapes (`op_shapes`)."""
+    from xcodec_stream.bench.op_shapes import record, replay_seconds
+
+    def run() -> None:
+        with torch.inference_mode():
+            if preset is None:
+                model.decode(model.encode(x[None, None]).audio_codes)
+            else:
+                _loopback(model, preset, x, chunk)
+
+    return replay_seconds(record(run)) / (x.shape[0] / model.sample_rate)
+
+
 def _matmul_gflops(device: str, reps: int = 5) -> float:
     """Measured fp32 matmul throughput (GFLOP/s, best of `reps`) with the threads set: the ceiling that
     FLOP-bound code can reach here."""
@@ -206,6 +220,7 @@ def run(args: argparse.Namespace) -> int:
     read = _read_gbs(args.device)
     x_flops = x[: 2 * sr]  # FLOPs are counted on 2 s (they do not depend on the signal)
     gflop = _gflop_per_audio_second(model, None, x_flops, 0)
+    shapes = _shape_bound(model, None, x_flops, 0)
     rows = [
         [
             "offline encode + decode (whole signal)",
@@ -219,6 +234,7 @@ def run(args: argparse.Namespace) -> int:
             f"{gflop:.1f}",
             f"{gflop / peak:.2f}",
             "-",
+            f"{shapes:.2f}",
         ]
     ]
     print(
@@ -230,6 +246,7 @@ def run(args: argparse.Namespace) -> int:
     for mode, preset in [(m, p) for m in modes for p in presets]:
         mid = int(round(chunks_ms[len(chunks_ms) // 2] * sr / 1000))
         gflop = _gflop_per_audio_second(model, preset, x_flops, mid)
+        shapes = _shape_bound(model, preset, x_flops, mid) if mode == "eager" else None
         for ms in chunks_ms:
             chunk = int(round(ms * sr / 1000))
             parts = (
@@ -255,6 +272,7 @@ def run(args: argparse.Namespace) -> int:
                     f"{gflop:.1f}",
                     f"{gflop / peak:.2f}",
                     f"{_weight_gb_per_audio_second(model, enc, dec) / read:.2f}",
+                    "-" if shapes is None else f"{shapes:.2f}",
                 ]
             )
             print(" | ".join(rows[-1]), file=sys.stderr)
@@ -274,6 +292,7 @@ def run(args: argparse.Namespace) -> int:
             "GFLOP per audio s",
             "RTF bound",
             "RTF bound (weights)",
+            "RTF at op shapes",
         ],
         rows,
     )
@@ -348,7 +367,10 @@ def _write(args, table: str, long_rows, breakdown, seconds: float, peak: float, 
         "in the same run: the RTF the model would have if every FLOP ran at matmul speed. RTF bound (weights) = "
         f"GB of weights one stream's steps read per audio second (every step reads every weight of its engine "
         f"once) / {read:.1f} GB/s, the memory read bandwidth measured in the same run: the floor for one stream "
-        "whatever the arithmetic; several sessions in one step share it.",
+        "whatever the arithmetic; several sessions in one step share it. RTF at op shapes = every matmul, conv "
+        "and attention call of the run (recorded with its shapes on 2 s of audio, middle chunk size), each timed "
+        "alone at its own shapes (`bench/op_shapes.py`): what these thin products cost by themselves, where the "
+        "FLOP bound assumes large-matmul speed; RTF minus it is elementwise work, copies and Python.",
         "- Steps are static (encoder and decoder each move by their preset's step, e.g. 80 ms at `balanced`): "
         "a chunk shorter than a step only waits in the buffer, so `step p50` is near 0 for 20 ms chunks and "
         "`step p99` is the time of a whole step.",
