@@ -92,13 +92,9 @@ class PrefixGroupNorm(StreamNode):
             valid = None
             count = n0 + torch.arange(1, length + 1, device=x.device, dtype=torch.float64)
         s1 = d.cumsum(-1)
-        s2 = (d * d).cumsum(-1)
-        cnt = count.clamp(min=1.0).to(x.dtype)
-        shift = s1 / cnt  # running mean - carried mean
-        var = ((m2_0.to(x.dtype) + s2) / cnt - shift * shift).clamp(min=0.0)
-        y = (d - shift) * torch.rsqrt(var + self.norm.eps)
-        y = y * self.norm.weight[:, None] + self.norm.bias[:, None]
-        # new state: the statistics where the committed input ends (Chan et al.'s merge of two partitions)
+        s2 = (d * d).cumsum_(-1)
+        # the state: the statistics where the committed input ends (Chan et al.'s merge of two partitions),
+        # read before the in-place work below reuses s1 and s2
         k = st.frames * self.in_rate
         if k:
             cnt_k = count[..., k - 1 : k]
@@ -107,6 +103,12 @@ class PrefixGroupNorm(StreamNode):
             new[self.key] = torch.cat([torch.cat([mean0 + delta, m2], dim=-1), cnt_k.expand(b, 1, 2)], dim=1)
         else:
             new[self.key] = old
+        inv = count.clamp(min=1.0).reciprocal().to(x.dtype)  # (b, 1, n)
+        shift = s1.mul_(inv)  # running mean - carried mean
+        var = s2.add_(m2_0.to(x.dtype)).mul_(inv).addcmul_(shift, shift, value=-1.0)
+        scale = var.clamp_(min=0.0).add_(self.norm.eps).rsqrt_().mul_(self.norm.weight[:, None])
+        # in place on s1, s2 and d: no new (b, C, n) buffers past the first three
+        y = torch.addcmul(self.norm.bias[:, None], d.sub_(shift), scale)
         return (y * valid.to(y.dtype) if valid is not None else y), n
 
     def constant(self, value):
