@@ -13,11 +13,11 @@ import pytest
 from fakes import FRAME, FakeModel, local_run
 from serving_helpers import speech
 
-from xcodec_stream.serving import worker as worker_mod
 from xcodec_stream.serving.flow import OutputQueue, QueueOverflow, TokenBucket
 from xcodec_stream.serving.protocol import ProtocolError
 from xcodec_stream.serving.resume import ReplayBuffer
 from xcodec_stream.serving.worker import StreamSpec, Worker, WorkerFull
+from xcodec_stream.serving.worker import thread as worker_thread
 
 
 async def test_output_queue_drops_oldest_data_never_control() -> None:
@@ -173,7 +173,7 @@ def test_worker_reads_the_room_decoder_slot_under_the_lock(monkeypatch) -> None:
     holder: list[Worker] = []
     unlocked: list[tuple[str, str]] = []
 
-    class LockChecked(worker_mod._Stream):
+    class LockChecked(worker_thread.Stream):
         def _check(self, name: str) -> None:
             if name in ("room_dec_slot", "room_dec_reset") and holder and not holder[0]._cond._is_owned():
                 unlocked.append((threading.current_thread().name, name))
@@ -186,7 +186,7 @@ def test_worker_reads_the_room_decoder_slot_under_the_lock(monkeypatch) -> None:
             self._check(name)
             object.__setattr__(self, name, value)
 
-    monkeypatch.setattr(worker_mod, "_Stream", LockChecked)
+    monkeypatch.setattr(worker_thread, "Stream", LockChecked)  # what `Worker.open` builds
     model = FakeModel()
     results, cond, emit = _collector()
     w = Worker(model, emit, capacity=1, max_chunks_per_step=1)
