@@ -124,7 +124,7 @@ def test_engines_conform(which: str, request) -> None:
 
 @pytest.mark.parametrize("which", ["real", "fake"])
 def test_a_decoder_takes_the_lead_its_encoder_asks_for(which: str, request) -> None:
-    """What the worker does for a decoder fed by an encoder (serving.worker._reset_decoder)."""
+    """What the worker does for a decoder fed by an encoder (serving.worker.slots.reset_decoder)."""
     _, enc, dec = request.getfixturevalue("real") if which == "real" else _fake()
     lead = enc.lead_for(dec.step_frames)
     assert isinstance(lead, int) and 0 <= lead < dec.step_frames
