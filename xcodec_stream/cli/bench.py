@@ -1,4 +1,4 @@
-"""`xcodec-stream bench {offline,stream,serve-load,cluster,io}`: benchmarks that print a table and update docs/BENCHMARKS.md
+"""`xcodec-stream bench {offline,stream,batch,serve-load,cluster,io}`: benchmarks that print a table and update docs/BENCHMARKS.md
 (cluster: docs/DEPLOY.md)."""
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ import importlib
 BENCHES = {
     "offline": "offline",
     "stream": "stream",
+    "batch": "batch",
     "serve-load": "serve_load",
     "cluster": "cluster",
     "io": "io_ceiling",
