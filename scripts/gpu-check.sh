@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU check in one run (a GPU machine is lent for minutes): the CUDA tests, then the streaming and
+# Every GPU check in one run (a GPU machine is lent for minutes): the CUDA tests, then the streaming, batch and
 # serve-load benchmarks on the device. Results go to docs/ (BENCHMARKS.md sections, bench/*.json,
 # scaling.png) and are copied to $OUT when set. Wheels the machine lacks: scripts/gpu-wheels.sh, carried as .whl/.
 #   DEVICE=cuda MODEL=random:full CLIENTS=1,10,100,300,1000 COMPILE=cuda-graphs scripts/gpu-check.sh
@@ -10,6 +10,7 @@ cd "$(dirname "$0")/.."
 DEVICE="${DEVICE:-cuda}"
 MODEL="${MODEL:-random:full}"
 CLIENTS="${CLIENTS:-1,10,100,300,1000}"
+SESSIONS="${SESSIONS:-1,64,256,1024}"
 COMPILE="${COMPILE:-cuda-graphs}"
 SECONDS_PER_RUN="${SECONDS_PER_RUN:-10}"
 PY="${PYTHON:-python3}"
@@ -30,6 +31,9 @@ log "tests on the device"
 log "bench stream ($MODEL, $DEVICE)"
 "$PY" -m xcodec_stream.cli.main bench stream --model "$MODEL" --device "$DEVICE" --seconds "$SECONDS_PER_RUN" \
   --long-minutes 1 --compile "eager,$COMPILE" || status=1
+log "bench batch ($MODEL, $DEVICE, sessions $SESSIONS): the engine alone, streams per device"
+"$PY" -m xcodec_stream.cli.main bench batch --model "$MODEL" --device "$DEVICE" --sessions "$SESSIONS" \
+  --compile "$COMPILE" || status=1
 log "bench serve-load ($MODEL, $DEVICE, clients $CLIENTS)"
 "$PY" -m xcodec_stream.cli.main bench serve-load --model "$MODEL" --device "$DEVICE" --clients "$CLIENTS" \
   --seconds "$SECONDS_PER_RUN" --chunk-ms 40 --keep-going --compile "$COMPILE" || status=1

@@ -35,10 +35,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _pair(model, n: int, latency: str, compile: str) -> tuple:
+    # no warm_up(): it would compile every bucket up to n; the untimed first steps build the one used
     enc = model.streaming_encoder(batch_size=n, latency=latency, compile=compile)
     dec = model.streaming_decoder(batch_size=n, latency=latency, compile=compile)
-    enc.warm_up()
-    dec.warm_up()
     for s in range(n):  # the decoder steps when the codes arrive, as in a loopback session
         dec.reset(s, lead=enc.lead_for(dec.step_frames))
     return enc, dec
