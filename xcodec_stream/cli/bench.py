@@ -18,10 +18,13 @@ BENCHES = {
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    # import first: without the server extra this raises before "bench" is registered (main stubs it then)
+    mods = {
+        name: importlib.import_module(f"xcodec_stream.bench.{module}") for name, module in BENCHES.items()
+    }
     p = sub.add_parser("bench", help="run a benchmark; prints a table and writes docs/BENCHMARKS.md")
     bsub = p.add_subparsers(dest="bench", metavar="BENCH", required=True)
-    for name, module in BENCHES.items():
-        mod = importlib.import_module(f"xcodec_stream.bench.{module}")
+    for name, mod in mods.items():
         bp = bsub.add_parser(name, help=(mod.__doc__ or name).strip().splitlines()[0])
         mod.add_arguments(bp)
         bp.set_defaults(func=mod.run)

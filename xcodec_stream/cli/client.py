@@ -114,7 +114,7 @@ def run(args: argparse.Namespace) -> int:
 async def _file(args: argparse.Namespace) -> int:
     import soundfile as sf
 
-    from xcodec_stream.cli.encode import read_audio
+    from xcodec_stream.cli.audio_file import read_audio
     from xcodec_stream.clients.client import Client, stream
     from xcodec_stream.clients.latency import format_report
     from xcodec_stream.clients.mic import client_rate_for

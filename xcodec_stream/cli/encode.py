@@ -8,6 +8,7 @@ import sys
 import warnings
 from pathlib import Path
 
+from xcodec_stream.cli.audio_file import read_audio
 from xcodec_stream.model.loading import DEFAULT_MODEL_ID
 
 logger = logging.getLogger(__name__)
@@ -57,23 +58,6 @@ def load_model(name: str, device: str, dtype: str):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the random-weights warning is logged too: shown once, not twice
         return XcodecModel.from_pretrained(name, dtype=dtype, device=device)
-
-
-def read_audio(path: Path):
-    """(mono float32 numpy array, sample rate, number of frames in the file)."""
-    import numpy as np
-    import soundfile as sf
-
-    if not path.is_file():
-        raise FileNotFoundError(f"input file not found: {path}")
-    try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, TypeError) as exc:
-        raise ValueError(f"cannot read {path} as audio: {exc}") from None
-    if data.shape[0] == 0:
-        raise ValueError(f"{path} holds no samples")
-    mono = data.mean(axis=1) if data.shape[1] > 1 else data[:, 0]
-    return np.ascontiguousarray(mono, dtype=np.float32), int(rate), int(data.shape[0])
 
 
 def resample(wave, orig_rate: int, new_rate: int):

@@ -12,7 +12,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from xcodec_stream.cli.encode import add_model_arguments, load_model, read_audio, resample
+from xcodec_stream.cli.audio_file import read_audio
+from xcodec_stream.cli.encode import add_model_arguments, load_model, resample
 
 DEFAULT_CLIPS = "tests/data/*.wav"
 BEGIN, END = "<!-- eval:begin -->", "<!-- eval:end -->"
