@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from e2e_stack import MODEL, ROOT, Daemon, start_daemon, stop_daemon
+from e2e_stack import Daemon, model_ref, start_daemon, stop_daemon
 
 
 @pytest.fixture(scope="session")
@@ -25,4 +25,4 @@ def served_model():
     """The model the daemon serves, loaded here (treat as read-only)."""
     from xcodec_stream import XcodecModel
 
-    return XcodecModel.from_pretrained(ROOT / MODEL)
+    return XcodecModel.from_pretrained(model_ref())

@@ -22,7 +22,15 @@ LEAD_SILENCE_S = 0.5  # the fake microphone loses what plays before the page lis
 # The built-in checkpoint: speech goes out and speech comes back (small enough for real time on 2 cores).
 # Relative to the repository root, where the daemon runs: the page shows it, and docs/browser.png too.
 ROOT = Path(__file__).resolve().parents[2]
-MODEL = "checkpoints/speech-small"
+# XCS_E2E_MODEL=random:tiny runs the suite on another model, for latency figures (docs/BENCHMARKS.md): the
+# speech checks (STOI floors) then only print, random weights making no speech.
+MODEL = os.environ.get("XCS_E2E_MODEL", "checkpoints/speech-small")
+SPEECH = not MODEL.startswith("random:")
+
+
+def model_ref() -> str | Path:
+    """What `from_pretrained` takes for MODEL: a random model's name, or the folder under the repository."""
+    return MODEL if MODEL.startswith("random:") else ROOT / MODEL
 
 
 def padded_clip(rate: int, *, lead_s: float = LEAD_SILENCE_S, tail_s: float = 0.0) -> np.ndarray:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from e2e_stack import Daemon, align, padded_clip, reference_loopback, write_wav
+from e2e_stack import SPEECH, Daemon, align, padded_clip, reference_loopback, write_wav
 
 from xcodec_stream.streaming.resample import resample
 
@@ -168,7 +168,8 @@ async def test_loopback_page_plays_the_codec_output(
     print(
         f"[{latency}] STOI of the loopback against the microphone: {page_stoi:.3f} (offline codec {offline_stoi:.3f})"
     )
-    assert page_stoi >= STOI_FLOOR and page_stoi >= offline_stoi - 0.1, (page_stoi, offline_stoi)
+    if SPEECH:  # random weights (XCS_E2E_MODEL=random:...) make no speech: the figure is only printed
+        assert page_stoi >= STOI_FLOOR and page_stoi >= offline_stoi - 0.1, (page_stoi, offline_stoi)
 
     # The page played it to the end (the flush's tail included): every received sample was played or, if the
     # jitter buffer had to catch up after a stall, counted as skipped.

@@ -14,6 +14,7 @@ import pytest
 import soundfile as sf
 from e2e_stack import (
     MODEL,
+    SPEECH,
     Daemon,
     align,
     padded_clip,
@@ -182,6 +183,7 @@ async def test_mic_loopback_through_pulseaudio(request: pytest.FixtureRequest, t
     # model's streamed codes differ from offline ones (docs/STREAMING.md), so r is printed, and what is
     # asserted is that it is as intelligible as the offline codec (STOI, below).
     # Intelligible at the far end, close to what the codec gives offline (streaming presets cost a little).
-    assert stoi_heard >= STOI_FLOOR and stoi_heard >= stoi_offline - 0.1, (stoi_heard, stoi_offline)
+    if SPEECH:  # random weights (XCS_E2E_MODEL=random:...) make no speech: the figure is only printed
+        assert stoi_heard >= STOI_FLOOR and stoi_heard >= stoi_offline - 0.1, (stoi_heard, stoi_offline)
     # Causality, not speed: no audio can come out before the codec's lookahead has been heard.
     assert lags_ms.min() >= ready["algorithmic_latency_ms"]
