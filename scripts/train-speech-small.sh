@@ -14,8 +14,10 @@ scripts/bootstrap.sh test   # the test extras: pesq, pystoi, matplotlib (evaluat
 scripts/training-deps.sh    # espeak-ng, flite, festival and its voices, the text packages
 .venv/bin/xcodec-stream corpus --out "$data/synthetic" --minutes 90 --seed 0 --jobs 2
 .venv/bin/python -m xcodec_stream.training.human_speech --out "$data/human" --cache "$data/cache"
-# Stage 1: 3000 steps from random weights.
-.venv/bin/xcodec-stream train --data "$data/synthetic" "$data/human" --out "$data/run" --resume "$@"
+# Stage 1: 3000 steps from random weights, with the dead-code threshold the committed weights were made with
+# (1.0, the default then; the default is 0.02 since: see stage 2).
+.venv/bin/xcodec-stream train --data "$data/synthetic" "$data/human" --out "$data/run" --resume \
+  --dead-code-threshold 1.0 "$@"
 # Stage 2: 800 more steps from stage 1's export, with fresh discriminators and optimisers (they train alone
 # for the first 150 steps), a new warm-up and cosine decay, and a dead-code threshold below the mean code
 # usage of a batch (256 frames over 1024 codes: 0.25), so that the codebooks stop being re-seeded every step.

@@ -18,7 +18,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         description="Train the speech-small X-Codec recipe on a folder of 16 kHz wav files (build one with "
         "`xcodec-stream corpus`). Writes a checkpoint folder (config.json, model.safetensors, "
         "preprocessor_config.json) plus train-state.pt (for --resume) and training-log.jsonl. The defaults "
-        "are the recipe of checkpoints/speech-small.",
+        "are the recipe of checkpoints/speech-small's first stage, but for --dead-code-threshold (1.0 then; "
+        "see the model card).",
     )
     p.add_argument(
         "--data",

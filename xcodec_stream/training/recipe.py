@@ -51,7 +51,10 @@ class TrainConfig:
     disc_warmup: int = 0
     quantizer_dropout: float = 0.5  # fraction of steps trained with a random 1..n_q codebooks
     ema_decay: float = 0.99
-    dead_code_threshold: float = 1.0  # EMA usage below which a code is re-seeded from the batch
+    # EMA usage below which a code is re-seeded from the batch. Below a code's mean usage per batch (256
+    # frames over 1024 codes: 0.25), or most codes are re-seeded at every step (stage 1 of
+    # checkpoints/speech-small ran with 1.0 and did that); 0.02 re-seeds a code after ~400 unused steps.
+    dead_code_threshold: float = 0.02
     mel_weight: float = 15.0
     waveform_weight: float = 1.0
     adversarial_weight: float = 1.0
