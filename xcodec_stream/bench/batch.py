@@ -18,7 +18,7 @@ import warnings
 import numpy as np
 import torch
 
-from xcodec_stream.bench.report import machine, markdown_table, today, write_section
+from xcodec_stream.bench.report import machine, markdown_table, sync, today, write_section
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -43,11 +43,6 @@ def _pair(model, n: int, latency: str, compile: str) -> tuple:
     return enc, dec
 
 
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
-
-
 def _session_gflop(model, latency: str, chunk: int, x: torch.Tensor) -> float:
     """GFLOP of one session's loopback step (torch's FLOP counter, one row, warm)."""
     from torch.utils.flop_counter import FlopCounterMode
@@ -66,7 +61,8 @@ def run(args: argparse.Namespace) -> int:
     from xcodec_stream.cli.encode import load_model
 
     torch.set_num_threads(args.threads)
-    ns = [int(v) for v in args.sessions.split(",") if v.strip()]
+    # N=1 is always measured (first): the target is built on its step
+    ns = sorted({1, *(int(v) for v in args.sessions.split(",") if v.strip())})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = load_model(args.model, args.device, "float32")
@@ -77,22 +73,23 @@ def run(args: argparse.Namespace) -> int:
     x = _signal((warm + args.steps + 2) * chunk / model.sample_rate)
     peak = _matmul_gflops(args.device)
     share_ms = 1000 * _session_gflop(model, args.latency, chunk, x) / peak
-    rows, base = [], None
+    rows, base = [], 0.0  # base: the N=1 step, set by the first row
     for n in ns:
         enc, dec = _pair(model, n, args.latency, args.compile)
         pcm = x[None].expand(n, -1).to(args.device)
         times = []
         with torch.inference_mode():
             for k in range(warm + args.steps):
-                _sync(args.device)
+                sync(args.device)
                 t0 = time.perf_counter()
                 dec.step(enc.step(pcm[:, k * chunk : (k + 1) * chunk]))
-                _sync(args.device)
+                sync(args.device)
                 if k >= warm:
                     times.append(1000 * (time.perf_counter() - t0))
         p50, p99 = float(np.percentile(times, 50)), float(np.percentile(times, 99))
-        base = p50 if base is None else base
-        target = (base if n > 1 else p50) + n * share_ms
+        if n == 1:
+            base = p50
+        target = base + n * share_ms
         rows.append(
             [
                 n,

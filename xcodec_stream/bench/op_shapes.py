@@ -17,6 +17,8 @@ from collections.abc import Callable
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from xcodec_stream.bench.report import sync
+
 _aten = torch.ops.aten
 # The products: everything else a step does (elementwise work, copies, Python) is what the floor excludes.
 PRODUCTS = {
@@ -75,11 +77,6 @@ def record(fn: Callable[[], object]) -> Counter:
     return rec.calls
 
 
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def replay_seconds(calls: Counter, reps: int = 5) -> float:
     """Seconds the recorded products take, each timed alone at its shapes (best of `reps` per shape)."""
     total = 0.0
@@ -91,10 +88,10 @@ def replay_seconds(calls: Counter, reps: int = 5) -> float:
             func(*args, **kwargs)  # warm-up: kernels chosen, inputs in cache
             best = float("inf")
             for _ in range(reps):
-                _sync(device)
+                sync(device)
                 t0 = time.perf_counter()
                 func(*args, **kwargs)
-                _sync(device)
+                sync(device)
                 best = min(best, time.perf_counter() - t0)
             total += count * best
     return total

@@ -10,6 +10,14 @@ from pathlib import Path
 
 import torch
 
+
+def sync(device: str | torch.device) -> None:
+    """Wait for the device's queued work (CUDA runs asynchronously; a CPU needs nothing): before reading a
+    clock."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
 HEADER = (
     "# Benchmarks\n\nEvery table is written by `xcodec-stream bench ...`; re-run the command to refresh it.\n"
 )

@@ -19,7 +19,7 @@ import warnings
 import numpy as np
 import torch
 
-from xcodec_stream.bench.report import machine, markdown_table, today, write_section
+from xcodec_stream.bench.report import machine, markdown_table, sync, today, write_section
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -123,31 +123,31 @@ def _loopback(
     return np.array(times), time.perf_counter() - t_start, out, enc, dec
 
 
-def _gflop_per_audio_second(model, preset: str | None, x: torch.Tensor, chunk: int) -> float:
-    """Matmul/conv/attention GFLOP (torch's FLOP counter) per second of audio: streaming loopback with
-    `preset`, or offline encode + decode when None."""
-    from torch.utils.flop_counter import FlopCounterMode
-
-    with torch.inference_mode(), FlopCounterMode(display=False) as counter:
+def _run_once(model, preset: str | None, x: torch.Tensor, chunk: int) -> None:
+    """Streaming loopback of x with `preset` in chunks of `chunk`, or offline encode + decode when None: what
+    the FLOP counter and the shape recorder watch."""
+    with torch.inference_mode():
         if preset is None:
             model.decode(model.encode(x[None, None]).audio_codes)
         else:
             _loopback(model, preset, x, chunk)
+
+
+def _gflop_per_audio_second(model, preset: str | None, x: torch.Tensor, chunk: int) -> float:
+    """Matmul/conv/attention GFLOP (torch's FLOP counter) per second of audio of `_run_once`."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        _run_once(model, preset, x, chunk)
     return counter.get_total_flops() / 1e9 / (x.shape[0] / model.sample_rate)
 
 
 def _shape_bound(model, preset: str | None, x: torch.Tensor, chunk: int) -> float:
-    """RTF of the run's matmul/conv/attention calls alone, each timed at its own shapes (`op_shapes`)."""
+    """RTF of `_run_once`'s matmul/conv/attention calls alone, each timed at its own shapes (`op_shapes`)."""
     from xcodec_stream.bench.op_shapes import record, replay_seconds
 
-    def run() -> None:
-        with torch.inference_mode():
-            if preset is None:
-                model.decode(model.encode(x[None, None]).audio_codes)
-            else:
-                _loopback(model, preset, x, chunk)
-
-    return replay_seconds(record(run)) / (x.shape[0] / model.sample_rate)
+    calls = record(lambda: _run_once(model, preset, x, chunk))
+    return replay_seconds(calls) / (x.shape[0] / model.sample_rate)
 
 
 def _matmul_gflops(device: str, reps: int = 5) -> float:
@@ -160,8 +160,7 @@ def _matmul_gflops(device: str, reps: int = 5) -> float:
         t0 = time.perf_counter()
         for _ in range(4):
             a @ b
-        if device != "cpu":
-            torch.cuda.synchronize()
+        sync(device)
         best = min(best, (time.perf_counter() - t0) / 4)
     return 2 * n**3 / best / 1e9
 
