@@ -15,8 +15,21 @@ from websockets.exceptions import ConnectionClosed
 from xcodec_stream.serving.arrays import pack_array
 from xcodec_stream.serving.config import load_config
 from xcodec_stream.serving.server import XcodecServer
+from xcodec_stream.serving.session_core import CodecInfo
+from xcodec_stream.serving.worker import EngineInfo
 
 DATA = Path(__file__).resolve().parents[1] / "data"
+
+# What a session is told about the codec and its engines, for the session tests that run without a model.
+CODEC = CodecInfo("test-model", 16000, 320, 50.0, 4, 1024, (0.5, 1.0, 2.0))
+INFO = EngineInfo(
+    n_q=4,
+    latency_ms=60.0,
+    encoder_latency_ms=60.0,
+    decoder_latency_ms=40.0,
+    lookahead_frames=2,
+    frame_size=320,
+)
 
 
 def speech(name: str = "arctic_a0009.wav", seconds: float | None = None) -> np.ndarray:

@@ -8,23 +8,13 @@ from concurrent.futures import Future
 
 import msgpack
 import numpy as np
+from serving_helpers import CODEC, INFO
 
 from xcodec_stream.serving.arrays import pack_array
 from xcodec_stream.serving.config import ServerConfig
 from xcodec_stream.serving.rooms import RoomRegistry
-from xcodec_stream.serving.session_core import CodecInfo
 from xcodec_stream.serving.sessions import Session
-from xcodec_stream.serving.worker import EngineInfo, StepResult, WorkerFull
-
-CODEC = CodecInfo("test-model", 16000, 320, 50.0, 4, 1024, (0.5, 1.0, 2.0))
-INFO = EngineInfo(
-    n_q=4,
-    latency_ms=60.0,
-    encoder_latency_ms=60.0,
-    decoder_latency_ms=40.0,
-    lookahead_frames=2,
-    frame_size=320,
-)
+from xcodec_stream.serving.worker import StepResult, WorkerFull
 
 
 class RecordingWorker:

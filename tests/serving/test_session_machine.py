@@ -8,6 +8,7 @@ from types import SimpleNamespace
 import msgpack
 import numpy as np
 import pytest
+from serving_helpers import CODEC, INFO
 
 from xcodec_stream.serving import session_core, session_events
 from xcodec_stream.serving.arrays import pack_array
@@ -26,7 +27,7 @@ from xcodec_stream.serving.protocol import (
     ProtocolError,
 )
 from xcodec_stream.serving.rooms import Room
-from xcodec_stream.serving.session_core import CodecInfo, ServerFigures, SessionMachine
+from xcodec_stream.serving.session_core import ServerFigures, SessionMachine
 from xcodec_stream.serving.session_events import (
     AttachListener,
     BroadcastCodes,
@@ -60,17 +61,8 @@ from xcodec_stream.serving.session_events import (
     StreamOpened,
     UnclaimRoom,
 )
-from xcodec_stream.serving.worker import EngineInfo, StepResult
+from xcodec_stream.serving.worker import StepResult
 
-CODEC = CodecInfo("test-model", 16000, 320, 50.0, 4, 1024, (0.5, 1.0, 2.0))
-INFO = EngineInfo(
-    n_q=4,
-    latency_ms=60.0,
-    encoder_latency_ms=60.0,
-    decoder_latency_ms=40.0,
-    lookahead_frames=2,
-    frame_size=320,
-)
 SID = 7
 
 
