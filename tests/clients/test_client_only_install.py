@@ -97,7 +97,11 @@ def test_client_library_and_cli_without_the_server_extra() -> None:
         assert rc == 0 and "--file" in out and "--listen" in out, out
         hint = "pip install 'xcodec-stream[server]'"
         # serve imports torch when it runs; encode when its module is imported (a stub is registered)
-        for argv in (["serve", "--port", "0"], ["encode", "in.wav", "out.npz", "--bandwidth", "2"]):
+        for argv in (
+            ["serve", "--port", "0"],
+            ["encode", "in.wav", "out.npz", "--bandwidth", "2"],
+            ["eval", "--quality"],  # the module is cli/evaluate.py: the stub takes the command's name
+        ):
             rc, _, err = run(argv)
             assert rc == 1 and f"xcodec-stream {argv[0]} needs the server extra: {hint}" in err, (argv, rc, err)
         rc, out, _ = run(["encode", "--help"])

@@ -6,10 +6,20 @@ import argparse
 import importlib
 import sys
 
-# Modules under xcodec_stream.cli, in help order; each defines add_parser(subparsers), which registers its
-# subcommand and sets `func` to its run(args) -> int. add_parser imports what it needs before registering
-# anything, so that a missing server extra leaves nothing half-registered for the stub to collide with.
-SUBCOMMANDS = ("encode", "decode", "serve", "client", "evaluate", "bench", "train", "corpus")
+# Subcommand -> its module under xcodec_stream.cli, in help order; each module defines add_parser(subparsers),
+# which registers the subcommand and sets `func` to its run(args) -> int. add_parser imports what it needs
+# before registering anything, so that a missing server extra leaves nothing half-registered for the stub
+# (registered under the subcommand's name) to collide with.
+SUBCOMMANDS = {
+    "encode": "encode",
+    "decode": "decode",
+    "serve": "serve",
+    "client": "client",
+    "eval": "evaluate",
+    "bench": "bench",
+    "train": "train",
+    "corpus": "corpus",
+}
 
 # Import names of the packages of the `server` extra (pyproject.toml; a test keeps the two in step). The base
 # install is the client; a subcommand that needs one of these says which extra to install.
@@ -42,14 +52,14 @@ def build_parser() -> argparse.ArgumentParser:
         description="Streaming X-Codec audio codec: offline encode/decode, a WebSocket daemon and its clients.",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in SUBCOMMANDS:
+    for command, module in SUBCOMMANDS.items():
         try:
             importlib.import_module(f"xcodec_stream.cli.{module}").add_parser(sub)
         except ModuleNotFoundError as exc:
             package = missing_server_package(exc)
             if package is None:
                 raise
-            _add_stub(sub, module, package)
+            _add_stub(sub, command, package)
     return parser
 
 
