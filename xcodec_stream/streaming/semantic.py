@@ -107,7 +107,7 @@ class PrefixGroupNorm(StreamNode):
         shift = s1.mul_(inv)  # running mean - carried mean
         var = s2.add_(m2_0.to(x.dtype)).mul_(inv).addcmul_(shift, shift, value=-1.0)
         scale = var.clamp_(min=0.0).add_(self.norm.eps).rsqrt_().mul_(self.norm.weight[:, None])
-        # in place on s1, s2 and d: no new (b, C, n) buffers past the first three
+        # in place on s1, s2 and d: y is the only (b, C, n) buffer made past them
         y = torch.addcmul(self.norm.bias[:, None], d.sub_(shift), scale)
         return (y * valid.to(y.dtype) if valid is not None else y), n
 

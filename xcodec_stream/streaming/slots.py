@@ -3,9 +3,8 @@
 Every step of an engine moves each of its rows by the same `K` frames (the preset's step), so the step
 function has static shapes: compiled, a batch of `bucket` rows (1, 2, 4, 8, ... up to the capacity), padded
 with a scratch row of the state bank, and nothing else that changes from call to call (eager steps run the
-due rows only). That is what lets it be
-compiled (inductor) or captured (CUDA graphs, `torch.compile(mode="reduce-overhead")`), one graph per
-bucket size. Rows at different stream positions, starting or ending, share one step: the step's masks
+due rows only). That is what lets it be compiled (inductor) or captured (CUDA graphs,
+`torch.compile(mode="reduce-overhead")`), one graph per bucket size. Rows at different stream positions, starting or ending, share one step: the step's masks
 come from the per-row `pos` / `end` tensors.
 """
 
