@@ -35,7 +35,7 @@ log "bench batch ($MODEL, $DEVICE, sessions $SESSIONS): the engine alone, stream
 "$PY" -m xcodec_stream.cli.main bench batch --model "$MODEL" --device "$DEVICE" --sessions "$SESSIONS" \
   --compile "$COMPILE" || status=1
 log "bench serve-load ($MODEL, $DEVICE, clients $CLIENTS)"
-"$PY" -m xcodec_stream.cli.main bench serve-load --model "$MODEL" --device "$DEVICE" --clients "$CLIENTS" \
+"$PY" -m xcodec_stream.cli.main bench serve-load --processes 1 --model "$MODEL" --device "$DEVICE" --clients "$CLIENTS" \
   --seconds "$SECONDS_PER_RUN" --chunk-ms 40 --keep-going --compile "$COMPILE" || status=1
 if [ -n "${OUT:-}" ]; then
   cp docs/BENCHMARKS.md docs/scaling.png "$OUT"/ 2>/dev/null

@@ -144,7 +144,7 @@ def start_daemon(tmp_path: Path, *extra: str, timeout_s: float = 60.0) -> Daemon
     """`xcodec-stream serve` on an ephemeral port with the built-in checkpoint; waits until it listens."""
     log = tmp_path / "daemon.log"
     cmd = [sys.executable, "-m", "xcodec_stream.cli.main", "serve", "--model", MODEL, "--host", "127.0.0.1"]
-    cmd += ["--port", "0", *extra]
+    cmd += ["--port", "0", "--processes", "2", *extra]  # two engine processes, as configs/default.toml
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(log, "wb") as out:  # the child keeps its own handle; a file never blocks it as a pipe could
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=ROOT)

@@ -34,8 +34,14 @@ class RecordingWorker:
         fut.set_result(INFO)
         return fut
 
+    def attach_listener(self, *args) -> Future:
+        self.calls.append(("attach_listener", *args))
+        fut: Future = Future()
+        fut.set_result(None)
+        return fut
+
     def __getattr__(self, name: str):
-        if name not in ("push_audio", "push_codes", "flush", "close", "attach_listener", "detach_listener"):
+        if name not in ("push_audio", "push_codes", "flush", "close", "detach_listener"):
             raise AttributeError(name)
         return lambda *args: self.calls.append((name, *args))
 

@@ -30,7 +30,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--chunk-ms", type=float, default=20.0, help="audio per message (default 20 ms)")
     p.add_argument("--latency", default="balanced", help="latency preset of every session")
     p.add_argument("--device", default="cpu", help="daemon device: cpu, cuda, auto")
-    p.add_argument("--threads", type=int, default=2, help="torch threads in the daemon (default 2)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch threads per engine (default 0: the daemon's choice, the cores shared among its engines)",
+    )
     p.add_argument(
         "--batch-wait-ms", type=float, default=10.0, help="daemon [worker] batch_wait_ms (default 10)"
     )
@@ -39,6 +44,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default="eager",
         choices=("auto", "eager", "compile", "cuda-graphs"),
         help="daemon [worker] compile: how the codec's step runs (default eager)",
+    )
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=2,
+        help="daemon [worker] processes: engine processes (default 2, as configs/default.toml; 1 on a GPU); 0 = "
+        "the engine in a thread of the daemon",
     )
     p.add_argument("--keep-going", action="store_true", help="run every N even after one fails real time")
     p.add_argument(
@@ -82,7 +94,7 @@ def start_daemon(args: argparse.Namespace, max_sessions: int) -> tuple[subproces
         f"[server]\nmax_sessions = {max_sessions}\nidle_timeout_s = 120.0\n"
         f'[stream]\npresets = ["{args.latency}"]\ndefault_latency = "{args.latency}"\n'
         f"[worker]\ntorch_threads = {args.threads}\nbatch_wait_ms = {args.batch_wait_ms}\n"
-        f'compile = "{args.compile}"\n'
+        f'compile = "{args.compile}"\nprocesses = {args.processes}\n'
         '[log]\nlevel = "warning"\n'
     )
     cmd = [
@@ -125,9 +137,10 @@ async def _one_client(url: str, x: np.ndarray, chunk_ms: float, latency: str) ->
     }
 
 
-async def run_level(port: int, n: int, x: np.ndarray, chunk_ms: float, latency: str, pid: int) -> dict:
+async def run_level(port: int, n: int, x: np.ndarray, chunk_ms: float, latency: str, pids: list[int]) -> dict:
+    """One level of N clients; `pids`: the daemon's processes (its engine process too, when it has one)."""
     url = f"ws://127.0.0.1:{port}"
-    cpu0, t0 = _cpu_seconds(pid), time.monotonic()
+    cpu0, t0 = sum(map(_cpu_seconds, pids)), time.monotonic()
 
     # stagger starts over one chunk so that the clients do not all send at the same instant
     async def delayed(i: int) -> dict:
@@ -136,7 +149,7 @@ async def run_level(port: int, n: int, x: np.ndarray, chunk_ms: float, latency: 
 
     results = await asyncio.gather(*(delayed(i) for i in range(n)))
     wall = time.monotonic() - t0
-    cpu = _cpu_seconds(pid) - cpu0
+    cpu = sum(map(_cpu_seconds, pids)) - cpu0
     proc = np.concatenate([r["processing"] for r in results])
     e2e = np.concatenate([r["end_to_end"] for r in results])
     health = _health(port) or {}
@@ -154,7 +167,7 @@ async def run_level(port: int, n: int, x: np.ndarray, chunk_ms: float, latency: 
         "max_tick_ms": health.get("worker", {}).get("max_tick_ms", float("nan")),
         "overhead_p50": health.get("worker", {}).get("overhead_p50_ms", float("nan")),
         "overhead_p99": health.get("worker", {}).get("overhead_p99_ms", float("nan")),
-        "rss_mib": _rss_mib(pid),
+        "rss_mib": sum(map(_rss_mib, pids)),
     }
     row["realtime"] = row["complete"] and row["dropped"] == 0 and row["proc_p99"] <= MAX_P99_PROCESSING_MS
     return row
@@ -174,9 +187,10 @@ def run(args: argparse.Namespace) -> int:
     rows: list[dict] = []
     try:
         health = _health(port) or {}
-        asyncio.run(run_level(port, 1, x[: int(rate)], args.chunk_ms, args.latency, proc.pid))  # warm-up, 1 s
+        pids = [proc.pid, *health.get("engine_pids", [])]
+        asyncio.run(run_level(port, 1, x[: int(rate)], args.chunk_ms, args.latency, pids))  # warm-up, 1 s
         for n in levels:
-            row = asyncio.run(run_level(port, n, x, args.chunk_ms, args.latency, proc.pid))
+            row = asyncio.run(run_level(port, n, x, args.chunk_ms, args.latency, pids))
             rows.append(row)
             print(
                 f"N={n}: real time {'yes' if row['realtime'] else 'NO'}, processing p50 {row['proc_p50']:.0f} / "
@@ -194,6 +208,11 @@ def run(args: argparse.Namespace) -> int:
             proc.kill()
         cfg.unlink(missing_ok=True)
     base = rows[0]
+    engines = (
+        f"{args.processes} engine process{'es' if args.processes > 1 else ''}"
+        if args.processes
+        else "the engine in a thread of the daemon"
+    )
     held = [r["n"] for r in rows if r["realtime"]]
     table = markdown_table(
         [
@@ -241,14 +260,15 @@ def run(args: argparse.Namespace) -> int:
             ("device", args.device),
             ("threads", args.threads),
             ("batch_wait_ms", args.batch_wait_ms),
+            ("processes", args.processes),
         )
     )
     body = "\n".join(
         [
             f"## Server load: concurrent real-time loopback clients ({args.model}, {args.device})",
             "",
-            f"- Machine: {machine()} (daemon: {args.threads} torch threads; device reported by the daemon: "
-            f"{health.get('device', '?')})",
+            f"- Machine: {machine()} (daemon: {engines}, {args.threads or 'the default number of'} torch threads "
+            f"each; device reported by the daemon: {health.get('device', '?')})",
             f"- Date: {today()}; load average before the run: {load_before:.1f} on {os.cpu_count()} CPUs "
             "(other jobs share the machine when it is above 0)",
             f"- Command: `{command}`",
@@ -256,7 +276,8 @@ def run(args: argparse.Namespace) -> int:
             f"loopback, preset `{args.latency}`, algorithmic latency {base['algorithmic']:.0f} ms), from one process; "
             "the daemon runs in another. Processing = chunk sent -> consumed by the codec (acknowledged); "
             "end to end = chunk sent -> its last sample back (includes the algorithmic latency).",
-            "- Server CPU % = the daemon's CPU time / wall time (100 % = one core busy). Server overhead = the "
+            "- Server CPU % = the daemon's CPU time (its engine process's included) / wall time (100 % = one core "
+            "busy); RSS likewise (the shared weights counted twice). Server overhead = the "
             "worker's time per tick outside the codec's step/flush calls (gathering input, resampling, slicing, "
             "bookkeeping), over the daemon's last 1000 ticks. The engines hold every slot's state from the start: "
             "RSS does not grow with N.",
@@ -274,14 +295,14 @@ def run(args: argparse.Namespace) -> int:
             "serve-load"
             if default
             else f"serve-load-{args.model.replace(':', '-').replace('/', '-')}-{args.device}"
-        )
+        ) + (f"-p{args.processes}" if args.processes != 2 else "")
         path = write_section(name, body)
         print(f"wrote {path}", file=sys.stderr)
         data = path.parent / "bench" / f"{name}.json"
         data.parent.mkdir(parents=True, exist_ok=True)
         label = (
             f"{args.model}, {health.get('device', args.device)} ({cpu()}), {args.latency}, "
-            f"{args.chunk_ms:g} ms chunks, step {args.compile}"
+            f"{args.chunk_ms:g} ms chunks, step {args.compile}, {engines}"
         )
         data.write_text(json.dumps({"label": label, "date": today(), "rows": rows}, indent=1, default=float))
         print(f"wrote {data} and {plot_scaling(data.parent, path.parent / 'scaling.png')}", file=sys.stderr)

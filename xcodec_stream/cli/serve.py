@@ -54,6 +54,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         metavar="redis://HOST:PORT/DB",
         help="join the daemons sharing this Redis as one service ([cluster] redis; docs/DEPLOY.md)",
     )
+    p.add_argument(
+        "--processes",
+        type=int,
+        default=None,
+        help="engine processes ([worker] processes; 0 = the codec in a thread of the daemon)",
+    )
     p.add_argument("--node", default=None, help="this daemon's name in the cluster ([cluster] node)")
     p.add_argument("--log-level", default=None, help="debug, info (default), warning, error")
     p.add_argument(
@@ -131,6 +137,7 @@ def run(args: argparse.Namespace) -> int:
         "log_format": args.log_format,
         "cluster_redis": args.cluster,
         "cluster_node": args.node,
+        "engine_processes": args.processes,
     }
     config = load_config(args.config, overrides)
     setup_logging(config.log_level, config.log_format, sys.stderr)

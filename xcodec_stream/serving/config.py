@@ -62,6 +62,8 @@ class ServerConfig:
     batch_wait_ms: float = 0.0
     torch_threads: int = 0
     compile: str = "eager"
+    # 0: the worker is a thread of the daemon; N: N engine processes (serving/worker/pool.py)
+    engine_processes: int = 0
     # [auth]
     auth_tokens: tuple[str, ...] = field(default=(), repr=False)
     # [tls]
@@ -109,6 +111,8 @@ class ServerConfig:
             raise ValueError(f"default_latency {self.default_latency!r} is not in allowed_presets")
         if self.device not in ("auto", "cpu", "cuda") and not self.device.startswith("cuda:"):
             raise ValueError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
+        if self.engine_processes < 0:
+            raise ValueError(f"[worker] processes must be >= 0, got {self.engine_processes}")
         if self.compile not in COMPILE_OPTIONS:
             raise ValueError(f"[worker] compile must be one of {list(COMPILE_OPTIONS)}, got {self.compile!r}")
         if self.max_message_bytes < 4096:
@@ -192,7 +196,8 @@ SECTIONS: dict[str, dict[str, str]] = {
             "torch_threads",
             "compile",
         )
-    },
+    }
+    | {"processes": "engine_processes"},
     "auth": {"tokens": "auth_tokens"},
     "tls": {"cert": "tls_cert", "key": "tls_key"},
     "resume": {"grace_s": "resume_grace_s", "max_unacked_ms": "resume_max_unacked_ms"},

@@ -38,6 +38,7 @@ from .session_core import CodecInfo
 from .sessions import Session, error_close
 from .tls import server_context
 from .worker import StepResult, Worker, percentile_ms
+from .worker.pool import EnginePool
 
 log = logging.getLogger("xcodec_stream.server")
 WS_LOG = "xcodec_stream.ws"  # the websockets library's records (handshakes, pings), secrets redacted
@@ -107,7 +108,7 @@ class XcodecServer:
         self._handshaking = 0  # connections admitted, first message not yet read
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ws: Server | None = None
-        self.worker: Worker | None = None
+        self.worker: Worker | EnginePool | None = None
         self.port = 0
         self.started = time.monotonic()
         self.sessions_total = 0
@@ -129,9 +130,7 @@ class XcodecServer:
         cfg = self.config
         self._loop = asyncio.get_running_loop()
         ssl = server_context(cfg.tls_cert, cfg.tls_key) if cfg.tls_cert else None
-        self.worker = Worker(
-            self.model,
-            self._emit,
+        kwargs = dict(
             capacity=cfg.capacity,
             max_step_ms=cfg.max_step_ms,
             max_chunks_per_step=cfg.max_chunks_per_step,
@@ -142,6 +141,17 @@ class XcodecServer:
             compile=cfg.compile,
             observe=self.metrics.observe_step,
         )
+        if cfg.engine_processes:
+            self.worker = EnginePool(
+                self.model,
+                self._emit,
+                processes=cfg.engine_processes,
+                log_level=cfg.log_level,
+                log_format=cfg.log_format,
+                **kwargs,
+            )
+        else:
+            self.worker = Worker(self.model, self._emit, **kwargs)
         await self._loop.run_in_executor(
             None, self.worker.start
         )  # preloading engines must not block the loop
@@ -516,7 +526,15 @@ class XcodecServer:
     def health(self) -> dict:
         worker = self.worker
         return {
-            "status": "ok" if worker is not None and not self.stopping else "stopping",
+            "status": (
+                "stopping"
+                if worker is None or self.stopping
+                else "engine_down"
+                if getattr(worker, "dead", None)
+                else "ok"
+            ),
+            # the engine processes' ids ([worker] processes), none when the worker is a thread of the daemon
+            "engine_pids": getattr(worker, "pids", []),
             "protocol_version": PROTOCOL_VERSION,
             "model": self.codec.model_id,
             "device": self.device,
@@ -545,7 +563,9 @@ class XcodecServer:
         }
 
     def _healthz(self, request: object) -> HttpReply:
-        return HttpReply.json(self.health())
+        health = self.health()
+        # a balancer's health check takes a daemon whose engine process died out of the pool
+        return HttpReply.json(health, 503 if health["status"] == "engine_down" else 200)
 
     def _metrics(self, request: object) -> HttpReply:
         return HttpReply(200, self.metrics.render(), Metrics.content_type)

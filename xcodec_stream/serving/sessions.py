@@ -226,6 +226,8 @@ class Session:
             return StepFailed(ProtocolError("server_full", str(exc)))
         try:  # (cancelled with the connection: the worker then drops the open and frees its slots)
             info = await asyncio.wrap_future(fut)
+        except WorkerFull as exc:  # an engine process answers "full" through the future
+            return StepFailed(ProtocolError("server_full", str(exc)))
         except Exception as exc:
             return StepFailed(ProtocolError("internal", f"could not open the stream: {exc}"))
         return StreamOpened(info)
@@ -246,9 +248,12 @@ class Session:
 
     async def _attach_listener(self, action: AttachListener) -> Event:
         try:
-            self.worker.attach_listener(action.publisher, self.sid, action.sample_rate, action.format)
+            fut = self.worker.attach_listener(action.publisher, self.sid, action.sample_rate, action.format)
+            await asyncio.wrap_future(fut)
         except WorkerFull as exc:
             return StepFailed(ProtocolError("server_full", str(exc)))
+        except Exception as exc:  # the engine process is gone
+            return StepFailed(ProtocolError("internal", f"could not attach to the room's decoder: {exc}"))
         return ListenerAttached()
 
 

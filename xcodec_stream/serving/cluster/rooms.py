@@ -162,6 +162,8 @@ class ClusterRooms(RoomRegistry):
             raise ProtocolError("server_full", str(exc)) from None
         try:
             await asyncio.wrap_future(fut)
+        except WorkerFull as exc:  # an engine process answers "full" through the future
+            raise ProtocolError("server_full", str(exc)) from None
         except Exception as exc:
             raise ProtocolError("internal", f"could not open the room's decoder: {exc}") from None
         room = Room(name, _Relay(relay), rec.params, next_frame=next_frame)

@@ -3,7 +3,8 @@
 `Worker` (thread.py) composes the parts: `slots` (the engines' slot pool), `engines` (per-preset engines and
 their background builds), `inputs` (per-stream input queues), `tick` (one tick: picking the work, the guarded
 engine steps) and `outputs` (engine outputs shaped into each stream's StepResult); `api` holds the types
-sessions exchange with it.
+sessions exchange with it. `process` runs a Worker in a child process behind the same API, and `pool` spreads
+streams over several of them (`[worker] processes`).
 """
 
 from .api import CODEC_RATE, EngineInfo, StepResult, StreamSpec, WorkerFull

@@ -161,15 +161,21 @@ class Worker:
                 st.inputs.clear()
                 self._cond.notify()
 
-    def attach_listener(self, publisher: int, sid: int, sample_rate: int, fmt: str) -> None:
-        """A room listener that wants audio: the room decoder starts (reset) on its first use."""
+    def attach_listener(
+        self, publisher: int, sid: int, sample_rate: int, fmt: str
+    ) -> concurrent.futures.Future:
+        """A room listener that wants audio: the room decoder starts (reset) on its first use. Raises WorkerFull
+        when the room needs a decoder slot and none is free; the future returned is done (an engine in another
+        process answers through it later: `EngineProcess`)."""
+        fut: concurrent.futures.Future = concurrent.futures.Future()
         with self._cond:
             st = self._streams.get(publisher)
-            if st is None or st.closing:
-                return
-            if st.room_dec_slot is None:
-                st.room_dec_slot, st.room_dec_reset = self._slots.allocate_room(st.spec.preset), True
-            st.listeners[sid] = Listener(sid, self._resampler(CODEC_RATE, sample_rate), fmt)
+            if st is not None and not st.closing:
+                if st.room_dec_slot is None:
+                    st.room_dec_slot, st.room_dec_reset = self._slots.allocate_room(st.spec.preset), True
+                st.listeners[sid] = Listener(sid, self._resampler(CODEC_RATE, sample_rate), fmt)
+        fut.set_result(None)
+        return fut
 
     def detach_listener(self, publisher: int, sid: int) -> None:
         with self._cond:
