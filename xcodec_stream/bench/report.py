@@ -100,11 +100,14 @@ def proxy_note(model_id: str) -> str:
     return " (random-weight proxy)" if model_id.startswith("random:") else ""
 
 
-def save_figure(fig, path: Path, title: str, *, fontsize: float | None = None, dpi: int = 110) -> Path:
-    """The last steps of every plot here: title, tight layout, the PNG written (its folder made), the figure
-    freed (pyplot keeps every open figure otherwise)."""
+def save_figure(
+    fig, path: Path, title: str, *, fontsize: float | None = None, dpi: int = 110, bottom: float = 0.0
+) -> Path:
+    """The last steps of every plot here: title, tight layout (above `bottom`, a fraction of the figure kept
+    for a figure-wide legend), the PNG written (its folder made), the figure freed (pyplot keeps every open
+    figure otherwise)."""
     fig.suptitle(title, fontsize=fontsize)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, bottom, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
     pyplot().close(fig)

@@ -302,7 +302,8 @@ def run(args: argparse.Namespace) -> int:
         data.parent.mkdir(parents=True, exist_ok=True)
         label = (
             f"{args.model}, {health.get('device', args.device)} ({cpu()}), {args.latency}, "
-            f"{args.chunk_ms:g} ms chunks, step {args.compile}, {engines}"
+            f"{args.chunk_ms:g} ms chunks, {engines}"
+            + (f", step {args.compile}" if args.compile != "eager" else "")
         )
         data.write_text(json.dumps({"label": label, "date": today(), "rows": rows}, indent=1, default=float))
         print(f"wrote {data} and {plot_scaling(data.parent, path.parent / 'scaling.png')}", file=sys.stderr)
@@ -312,8 +313,9 @@ def run(args: argparse.Namespace) -> int:
 def plot_scaling(folder: Path, out: Path) -> Path:
     """Streams vs p99 latency for every serve-load run saved in `folder` (CPU and GPU runs side by side)."""
     plt = pyplot()
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for f in sorted(folder.glob("serve-load*.json")):
+    runs = sorted(folder.glob("serve-load*.json"))
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.4 + 0.17 * (len(runs) + 1)))
+    for f in runs:
         run = json.loads(f.read_text())
         n = [r["n"] for r in run["rows"]]
         for ax, key in ((ax1, "proc_p99"), (ax2, "e2e_p99")):
@@ -336,7 +338,13 @@ def plot_scaling(folder: Path, out: Path) -> Path:
             title=title,
         )
         ax.grid(True, which="both", alpha=0.3)
-    ax1.legend(fontsize=7)
+    # below both panels: run labels are long (model, machine, settings, date)
+    handles, labels = ax1.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", fontsize=7, ncol=1, frameon=False)
     return save_figure(
-        fig, out, "xcodec-stream serve-load: streams vs p99 latency (hollow: not real time)", fontsize=10
+        fig,
+        out,
+        "xcodec-stream serve-load: streams vs p99 latency (hollow: not real time)",
+        fontsize=10,
+        bottom=(0.1 + 0.17 * len(labels)) / fig.get_figheight(),  # a legend line is ~0.17 inch
     )
