@@ -163,7 +163,7 @@ async def serve(model, config, model_id: str, device: str) -> None:
         http = server.url.replace("ws", "http", 1)  # ws -> http, wss -> https
         log.info(
             "xcodec-stream serving %s (health: %s/healthz) | model %s on %s %s | presets %s loaded, %s allowed | "
-            "max %d sessions%s",
+            "max %d sessions | %s%s",
             server.url,
             http,
             model_id + (" (RANDOM WEIGHTS: not speech)" if model_id.startswith("random:") else ""),
@@ -172,6 +172,9 @@ async def serve(model, config, model_id: str, device: str) -> None:
             ",".join(config.presets),
             ",".join(config.allowed_presets),
             config.max_sessions,
+            f"{config.engine_processes} engine process{'es' if config.engine_processes > 1 else ''}"
+            if config.engine_processes
+            else "engine in a thread",
             f" | cluster node {server.cluster.node}" if server.cluster is not None else "",
         )
         await stop.wait()
