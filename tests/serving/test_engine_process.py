@@ -12,6 +12,7 @@ import urllib.request
 
 import numpy as np
 import pytest
+import torch
 from fakes import FRAME, FakeDecoder, FakeModel, local_run
 from serving_helpers import running_server, speech
 
@@ -137,3 +138,25 @@ def test_full_comes_back_through_the_future() -> None:
         pool.close(1)
     finally:
         pool.stop()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+async def test_engine_process_on_cuda_shares_the_models_weights() -> None:
+    """A CUDA model reaches its engine process by IPC handle (no second copy): loopback there gives what the
+    worker thread gives on the same model."""
+    import warnings
+
+    from xcodec_stream.model.xcodec import XcodecModel
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # random weights
+        model = XcodecModel.from_pretrained("random:tiny", device="cuda")
+    x = speech(seconds=2.0)
+    out = {}
+    for processes in (0, 1):
+        async with running_server(model, engine_processes=processes, max_chunks_per_step=1) as srv:
+            c = await Client.connect(srv.url, mode="loopback", want=["audio", "codes"])
+            out[processes] = await stream(c, x, chunk_ms=80)
+            await c.close()
+    np.testing.assert_array_equal(out[1].codes, out[0].codes)
+    np.testing.assert_allclose(out[1].audio, out[0].audio, atol=1e-5)
