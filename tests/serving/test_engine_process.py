@@ -18,6 +18,7 @@ from serving_helpers import running_server, speech
 
 from xcodec_stream.clients.client import Client, ServerError, listen, stream
 from xcodec_stream.serving.worker import StreamSpec, WorkerFull
+from xcodec_stream.serving.worker import pool as pool_module
 from xcodec_stream.serving.worker.pool import EnginePool
 
 
@@ -99,7 +100,8 @@ async def test_room_listeners_hear_the_publisher_across_processes() -> None:
         np.testing.assert_allclose(h.audio, audio[: h.audio.size], atol=1e-6)
 
 
-async def test_a_dead_engine_process_fails_its_streams_and_the_daemon_says_so() -> None:
+async def test_a_dead_engine_process_fails_its_streams_and_is_replaced(monkeypatch) -> None:
+    monkeypatch.setattr(pool_module, "RESTART_DELAYS_S", (3.0,))  # long enough to see the daemon degraded
     x = speech(seconds=3.0)
     async with running_server(FakeModel(), engine_processes=1) as srv:
         c = await Client.connect(srv.url, mode="loopback")
@@ -107,15 +109,27 @@ async def test_a_dead_engine_process_fails_its_streams_and_the_daemon_says_so() 
         with pytest.raises(ServerError) as err:
             await stream(c, x, chunk_ms=40)
         assert err.value.code == "internal"
-        for _ in range(50):
-            status, h = await health(srv)
-            if h["status"] == "engine_down":
-                break
-            await asyncio.sleep(0.1)
-        assert status == 503 and h["status"] == "engine_down"
+        status, h = await until(srv, "engine_down")
+        assert status == 503
         with pytest.raises(ServerError) as err:  # new streams are refused with a reason, not left hanging
             await Client.connect(srv.url, mode="loopback")
         assert err.value.code == "internal" and "engine process" in err.value.message
+
+        status, h = await until(srv, "ok")  # a new engine process took its place
+        assert status == 200 and h["worker"]["engine_restarts"] == 1
+        c = await Client.connect(srv.url, mode="loopback", want=["audio", "codes"])
+        r = await stream(c, x, chunk_ms=40)
+        await c.close()
+    assert r.done["samples_out"] == x.size and not r.errors
+
+
+async def until(srv, status: str, timeout_s: float = 60.0) -> tuple[int, dict]:
+    for _ in range(int(timeout_s / 0.1)):
+        code, h = await health(srv)
+        if h["status"] == status:
+            return code, h
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"/healthz never said {status!r}: {h}")
 
 
 async def test_engine_processes_end_with_the_daemon() -> None:

@@ -557,6 +557,7 @@ class XcodecServer:
                 # the server's own time per tick (outside the codec's step/flush), over the last ticks
                 "overhead_p50_ms": percentile_ms(worker.overhead_ms, 50) if worker else 0.0,
                 "overhead_p99_ms": percentile_ms(worker.overhead_ms, 99) if worker else 0.0,
+                "engine_restarts": getattr(worker, "restarts", 0),
             },
             "uptime_s": round(time.monotonic() - self.started, 3),
             **({"cluster": self.cluster.view()} if self.cluster is not None else {}),

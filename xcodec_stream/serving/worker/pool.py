@@ -7,18 +7,27 @@ memory); each process has its own slots, so the daemon holds up to `capacity` st
 
 Routing: `open` picks the live process with the fewest streams; every later call of the stream goes to it;
 a room's listeners attach in the publisher's process (its room decoder lives there). One process that dies
-fails only its own streams; new streams go to the others.
+fails only its own streams; new streams go to the others, and a new process takes its place (after 1 s, or
+longer while its predecessors keep dying soon after starting: 2, 4, ... 30 s).
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import logging
 import os
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
 from .api import StepResult, StreamSpec
 from .process import EngineProcess
+
+log = logging.getLogger("xcodec_stream.worker")
+
+RESTART_DELAYS_S = (1.0, 2.0, 4.0, 8.0, 16.0, 30.0)  # by how many predecessors died soon after starting
+STABLE_S = 60.0  # a process that lived this long died of something else: its successor starts after 1 s
 
 
 class EnginePool:
@@ -36,8 +45,14 @@ class EnginePool:
             raise ValueError(f"processes must be >= 1, got {processes}")
         if not kwargs.get("torch_threads"):  # torch's default in every process would oversubscribe the cores
             kwargs["torch_threads"] = max(1, len(os.sched_getaffinity(0)) // processes)
-        self.engines = [EngineProcess(model, emit, **kwargs) for _ in range(processes)]
+        self._model, self._emit, self._kwargs = model, emit, kwargs
+        self.engines = [self._new() for _ in range(processes)]
         self._route: dict[int, EngineProcess] = {}
+        self._stopping = False
+        self.restarts = 0  # engine processes replaced after dying
+
+    def _new(self) -> EngineProcess:
+        return EngineProcess(self._model, self._emit, on_death=self._replace, **self._kwargs)
 
     # ---------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -50,8 +65,42 @@ class EnginePool:
             raise
 
     def stop(self, timeout: float = 10.0) -> None:
+        self._stopping = True
         for engine in self.engines:
             engine.stop(timeout)
+
+    def _replace(self, dead: EngineProcess) -> None:
+        """(The dead process's reader thread, its streams already failed.) A new process in its place."""
+        if not self._stopping:
+            threading.Thread(
+                target=self._restart, args=(dead,), name="xcodec-engine-restart", daemon=True
+            ).start()
+
+    def _restart(self, dead: EngineProcess) -> None:
+        quick = dead.quick_deaths + 1 if time.monotonic() - dead.started_at < STABLE_S else 0
+        pid = dead.pid
+        dead.stop(1.0)  # reaps the process, closes its pipe
+        while not self._stopping:
+            delay = RESTART_DELAYS_S[min(quick, len(RESTART_DELAYS_S) - 1)]
+            log.warning("engine process %s died (%s): starting another in %.0f s", pid, dead.dead, delay)
+            time.sleep(delay)
+            if self._stopping:
+                return
+            engine = self._new()
+            engine.quick_deaths = quick
+            try:
+                engine.start()
+            except Exception as exc:  # noqa: BLE001  (logged; tried again, later)
+                log.error("engine process could not be restarted: %s", exc)
+                quick += 1
+                continue
+            if self._stopping:  # the daemon stopped while it started
+                engine.stop()
+                return
+            self.engines[self.engines.index(dead)] = engine
+            self.restarts += 1
+            log.warning("engine process %d replaces %s", engine.pid, pid)
+            return
 
     # ---------------------------------------------------------------- routing
     def open(self, sid: int, spec: StreamSpec) -> concurrent.futures.Future:

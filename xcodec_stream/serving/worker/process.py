@@ -18,7 +18,7 @@ applies back-pressure if the engine falls behind):
 The model reaches the child through torch.multiprocessing's pickling (CPU tensors in shared memory, CUDA
 tensors by IPC handle): no second load, no second copy. If the engine process dies, every open stream gets
 `internal`, waiting opens fail, and later opens fail at once (the daemon keeps serving its HTTP routes and
-says so in /healthz).
+says so in /healthz) until `EnginePool` has replaced it.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import logging
 import signal
 import sys
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -162,6 +163,7 @@ class EngineProcess:
         emit: Callable[[list[tuple[int, StepResult]]], None],
         *,
         observe: Callable[[float, int], None] | None = None,
+        on_death: Callable[[EngineProcess], None] | None = None,
         log_level: str = "info",
         log_format: str = "text",
         **worker_kwargs: Any,
@@ -169,6 +171,7 @@ class EngineProcess:
         self.model = model
         self.emit = emit
         self.observe = observe
+        self.on_death = on_death  # called from the reader thread once the dead process's streams are failed
         self._kwargs = worker_kwargs
         self._log_setup = (log_level, log_format)
         self._lock = threading.Lock()  # sends, and the tables below
@@ -181,6 +184,8 @@ class EngineProcess:
         self._reader: threading.Thread | None = None
         self._stopping = False
         self.dead: str | None = None  # why the engine process is gone, when it died
+        self.started_at = 0.0  # monotonic time it came up
+        self.quick_deaths = 0  # predecessors in its place that died soon after starting (restart back-off)
         # the figures a Worker keeps, as the engine process reports them once per tick
         self.ticks = 0
         self.last_tick_ms = 0.0
@@ -216,6 +221,7 @@ class EngineProcess:
             self._proc.join(5)
             raise RuntimeError(f"worker failed to start: {msg[1]}")
         self._engines = msg[1]
+        self.started_at = time.monotonic()
         log.info("engine process %d started", self._proc.pid)
         self._reader = threading.Thread(target=self._read, name="xcodec-engine-reader", daemon=True)
         self._reader.start()
@@ -366,3 +372,5 @@ class EngineProcess:
                 fut.set_exception(RuntimeError(f"the engine process died ({self.dead})"))
         if sids:
             self.emit([(sid, StepResult(error="internal")) for sid in sids])
+        if self.on_death is not None:
+            self.on_death(self)
