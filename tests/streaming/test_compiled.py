@@ -81,3 +81,51 @@ def test_buckets_and_modes():
         resolve_compile("cuda-graphs", cpu)
     with pytest.raises(ValueError, match="compile must be one of"):
         resolve_compile("fast", cpu)
+
+
+def test_compiled_batch_dimension_is_dynamic(tiny_model, speech):
+    """`compile` (inductor on a CPU) builds one graph for every batch of 2 or more rows, not one per bucket:
+    steps of 2 and 3 rows share a graph (traced here with dynamo's eager backend, which compiles in
+    seconds) and give what the eager step gives."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    graphs = []
+
+    def counting(gm, example_inputs):
+        graphs.append(len(example_inputs))
+        return gm.forward
+
+    x = torch.cat([speech, speech.flip(1) * 0.5, speech * 0.3])[:, :9_000]
+    outs = {}
+    for mode in ("eager", "compile"):
+        enc = tiny_model.streaming_encoder(batch_size=3, latency="balanced", compile=mode)
+        dec = tiny_model.streaming_decoder(batch_size=3, latency="balanced", compile=mode)
+        if mode == "compile":
+            enc._step_fn, dec._step_fn = enc.compiled(counting), dec.compiled(counting)
+            assert enc.buckets() == [1, 2]
+        codes, audio = [], []
+        for rows in (
+            [0, 1],
+            [0, 1, 2],
+            [0, 1, 2],
+            [0, 1],
+            [0, 1, 2],
+            [0, 1, 2],
+            [0, 1],
+        ):  # 2 and 3 rows: one graph
+            step = {r: x[r, : 1280 * (len(codes) + 1)][-1280:].numpy() for r in rows}
+            c = enc.step_slots(step)
+            codes.append(c)
+            audio.append(dec.step_slots({r: c[r] for r in rows if c[r].shape[-1]}))
+        outs[mode] = codes, audio
+    assert len(graphs) == 2  # the encoder's graph and the decoder's, each for 2 and 3 rows
+    assert sum(a.shape[-1] for step in outs["eager"][1] for a in step.values()) > 0  # audio came out
+    for (c0, a0), (c1, a1) in zip(
+        zip(*outs["eager"], strict=True), zip(*outs["compile"], strict=True), strict=True
+    ):
+        for r in c0:
+            assert torch.equal(torch.as_tensor(c0[r]), torch.as_tensor(c1[r]))
+        for r in a0:
+            assert a0[r].shape == a1[r].shape
+            torch.testing.assert_close(torch.as_tensor(a1[r]), torch.as_tensor(a0[r]), rtol=0, atol=1e-6)

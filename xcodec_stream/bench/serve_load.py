@@ -265,7 +265,9 @@ def run(args: argparse.Namespace) -> int:
     )
     body = "\n".join(
         [
-            f"## Server load: concurrent real-time loopback clients ({args.model}, {args.device})",
+            f"## Server load: concurrent real-time loopback clients ({args.model}, {args.device}"
+            + (f", step {args.compile}" if args.compile != "eager" else "")
+            + ")",
             "",
             f"- Machine: {machine()} (daemon: {engines}, {args.threads or 'the default number of'} torch threads "
             f"each; device reported by the daemon: {health.get('device', '?')})",
@@ -292,10 +294,14 @@ def run(args: argparse.Namespace) -> int:
     if not args.no_write:
         default = args.model == "random:full" and args.device == "cpu"
         name = (
-            "serve-load"
-            if default
-            else f"serve-load-{args.model.replace(':', '-').replace('/', '-')}-{args.device}"
-        ) + (f"-p{args.processes}" if args.processes != 2 else "")
+            (
+                "serve-load"
+                if default
+                else f"serve-load-{args.model.replace(':', '-').replace('/', '-')}-{args.device}"
+            )
+            + (f"-p{args.processes}" if args.processes != 2 else "")
+            + (f"-{args.compile}" if args.compile != "eager" else "")
+        )
         path = write_section(name, body)
         print(f"wrote {path}", file=sys.stderr)
         data = path.parent / "bench" / f"{name}.json"

@@ -16,7 +16,7 @@ DEFAULT_MODEL = "hf-audio/xcodec-hubert-librispeech"
 TOKENS_ENV = "XCODEC_STREAM_TOKENS"  # comma- or space-separated tokens, added to [auth] tokens
 LOG_FORMATS = ("text", "json")
 # How the worker runs the engines' step (xcodec_stream.streaming.slots): auto = CUDA graphs on a GPU, eager on
-# a CPU (inductor compiles each batch bucket for minutes on a small CPU: ask for "compile" explicitly).
+# a CPU (inductor takes minutes to compile on a small CPU the first time: ask for "compile" explicitly).
 COMPILE_OPTIONS = ("auto", "eager", "compile", "cuda-graphs")
 _SECRETS = {"auth_tokens", "cluster_redis"}  # never printed, not even in error messages
 

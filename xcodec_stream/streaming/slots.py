@@ -1,11 +1,13 @@
 """Slots shared by the streaming encoder and decoder: per-row counters, buckets, the (compiled) static step.
 
 Every step of an engine moves each of its rows by the same `K` frames (the preset's step), so the step
-function has static shapes: compiled, a batch of `bucket` rows (1, 2, 4, 8, ... up to the capacity), padded
-with a scratch row of the state bank, and nothing else that changes from call to call (eager steps run the
-due rows only). That is what lets it be compiled (inductor) or captured (CUDA graphs,
-`torch.compile(mode="reduce-overhead")`), one graph per bucket size. Rows at different stream positions, starting or ending, share one step: the step's masks
-come from the per-row `pos` / `end` tensors.
+function has static shapes but for the number of rows. Captured as CUDA graphs
+(`torch.compile(mode="reduce-overhead")`), a step runs a batch of `bucket` rows (1, 2, 4, 8, ... up to the
+capacity), padded with a scratch row of the state bank: one graph per bucket. Compiled by inductor
+(`compile`), the row count is a dynamic dimension: one graph for 2-15 rows and one for 16 or more (conv1d
+picks its memory format at 16), and one for a single row (torch specialises size 1); no padding. Eager
+steps run the due rows only. Rows at different stream positions, starting or ending, share one step: the
+step's masks come from the per-row `pos` / `end` tensors.
 """
 
 from __future__ import annotations
@@ -35,8 +37,8 @@ def bucket_size(n: int, capacity: int) -> int:
 
 
 def resolve_compile(mode: str | bool, device: torch.device) -> str:
-    """'auto' / True: CUDA graphs on a GPU, eager elsewhere (on a CPU inductor takes minutes per bucket to
-    compile for a step 1.5-2x faster: worth asking for, not a default); False: eager."""
+    """'auto' / True: CUDA graphs on a GPU, eager elsewhere (on a CPU inductor takes minutes to compile, the
+    first time, for a step 1.3-2.5x faster: worth asking for, not a default); False: eager."""
     if mode is True or mode == "auto":
         return "cuda-graphs" if device.type == "cuda" else "eager"
     if mode is False or mode is None:
@@ -197,22 +199,47 @@ class SlotEngine:
         raise NotImplementedError
 
     def step_function(self) -> Callable:
-        """The step, compiled on first use when asked for (one graph per bucket size)."""
+        """The step, compiled on first use when asked for (see the module docstring for the graphs)."""
         if self._step_fn is None:
-            if self.compile_mode == "eager":
-                self._step_fn = self._core
-            else:
-                import torch._dynamo
-
-                # one graph per bucket size and per engine: allow them all
-                torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
-                mode = "reduce-overhead" if self.compile_mode == "cuda-graphs" else None
-                self._step_fn = torch.compile(self._core, dynamic=False, fullgraph=True, mode=mode)
+            self._step_fn = self._core if self.compile_mode == "eager" else self.compiled()
         return self._step_fn
 
+    def compiled(self, backend: str | Callable = "inductor") -> Callable:
+        """The step under torch.compile: static shapes for CUDA graphs; a dynamic batch dimension otherwise
+        (`_call` marks it)."""
+        import torch._dynamo
+
+        # one graph per bucket size and per engine: allow them all
+        torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
+        if self.compile_mode == "cuda-graphs":
+            return torch.compile(
+                self._core, dynamic=False, fullgraph=True, mode="reduce-overhead", backend=backend
+            )
+        return torch.compile(self._core, dynamic=None, fullgraph=True, backend=backend)
+
+    @property
+    def padded(self) -> bool:
+        """Whether steps run at bucket sizes (CUDA graphs) rather than at their number of rows."""
+        return self.compile_mode == "cuda-graphs"
+
     def buckets(self) -> list[int]:
-        """The batch sizes a step runs at."""
-        return sorted({bucket_size(n, self.batch_size) for n in range(1, self.batch_size + 1)})
+        """The batch sizes that get a graph of their own: the buckets for CUDA graphs; with inductor, 1 and one
+        size of each range torch's guards keep apart (conv1d picks its memory format at 16 rows: 2-15, 16 and
+        more); every size in eager mode."""
+        if self.padded:
+            return sorted({bucket_size(n, self.batch_size) for n in range(1, self.batch_size + 1)})
+        if self.compile_mode == "compile":
+            return [b for b in (1, 2, 16) if b <= self.batch_size]
+        return list(range(1, self.batch_size + 1))
+
+    def _call(self, fn: Callable, inputs: list[torch.Tensor], state: dict, pos, end, masking: bool):
+        if self.compile_mode == "compile" and len(pos) > 1:
+            import torch._dynamo
+
+            # one graph for every row count: the batch dimension is symbolic (a size of 1 stays specialised)
+            for t in (*inputs, *state.values(), pos, end):
+                torch._dynamo.mark_dynamic(t, 0)
+        return fn(*inputs, state, pos, end, masking)
 
     def _dummy_inputs(self, batch: int) -> list[torch.Tensor]:
         """Inputs of one step for `batch` rows (zeros): what `warm_up` feeds the step."""
@@ -231,7 +258,7 @@ class SlotEngine:
             pos = torch.zeros(b, dtype=torch.long, device=self.device)
             end = torch.full((b,), OPEN_END, device=self.device)
             for _ in range(3):  # CUDA graphs record after warm-up calls
-                fn(*self._dummy_inputs(b), self.bank.gather(scratch), pos, end, True)
+                self._call(fn, self._dummy_inputs(b), self.bank.gather(scratch), pos, end, True)
         log.info(
             "%s: step compiled (%s) for buckets %s in %.1f s",
             self.kind,
@@ -245,9 +272,9 @@ class SlotEngine:
         """One static step for `rows` (sorted): inputs (n, ...) each; `end` (n,) where each row's signal is
         taken to end. Commits K frames to every row; returns the step's output for the n rows."""
         n = len(rows)
-        # eager steps run at exactly n rows: padding only serves compiled graphs (one per bucket), and in
-        # eager mode it is pure waste (100 sessions would compute 128 rows)
-        b = n if self.compile_mode == "eager" else bucket_size(n, self.batch_size)
+        # steps run at exactly n rows but for CUDA graphs (one per bucket): elsewhere padding is pure waste
+        # (100 sessions would compute 128 rows)
+        b = bucket_size(n, self.batch_size) if self.padded else n
         pos = self.pos[rows]
         # eager: masks only where a row is warming up or past its end; compiled, they are fused and cheap,
         # and one graph per bucket is enough
@@ -265,7 +292,7 @@ class SlotEngine:
         state = self.bank.gather(idx) if idx is not None else {k: t[:b] for k, t in self.bank.tensors.items()}
         pos_t = torch.from_numpy(pos).to(self.device)
         end_t = torch.from_numpy(np.ascontiguousarray(end)).to(self.device)
-        out, new = self.step_function()(*inputs, state, pos_t, end_t, masking)
+        out, new = self._call(self.step_function(), inputs, state, pos_t, end_t, masking)
         if idx is None:
             for k, t in self.bank.tensors.items():
                 t[:b].copy_(new[k])
