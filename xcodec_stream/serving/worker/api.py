@@ -3,6 +3,7 @@ what each tick produced for it, and the refusal when no slot is free."""
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -10,6 +11,20 @@ import numpy as np
 from ..modes import Mode
 
 CODEC_RATE = 16000
+OVERHEAD_TICKS = 1000
+
+
+class TickFigures:
+    """What a worker reports of its ticks (/healthz, session stats), whichever process steps them."""
+
+    def __init__(self) -> None:
+        self.ticks = 0
+        self.last_tick_ms = 0.0
+        self.max_tick_ms = 0.0
+        # Per tick: milliseconds outside the engines' step/flush calls (gathering input, resampling, slicing,
+        # bookkeeping) = the server's own overhead. The last OVERHEAD_TICKS ticks that stepped something.
+        self.overhead_ms: deque[float] = deque(maxlen=OVERHEAD_TICKS)
+        self.last_batch = 0
 
 
 class WorkerFull(RuntimeError):

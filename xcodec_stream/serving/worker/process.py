@@ -30,12 +30,11 @@ import signal
 import sys
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .api import StepResult, StreamSpec, WorkerFull
-from .thread import OVERHEAD_TICKS, Worker
+from .api import StepResult, StreamSpec, TickFigures, WorkerFull
+from .thread import Worker
 
 log = logging.getLogger("xcodec_stream.worker")
 
@@ -153,7 +152,7 @@ def engine_main(conn: Any, model: Any, worker_kwargs: dict, log_setup: tuple[str
 
 
 # ------------------------------------------------------------------------------------------ the daemon's side
-class EngineProcess:
+class EngineProcess(TickFigures):
     """`Worker`'s API, served by a Worker in a child process (see the module docstring). `emit` and `observe`
     are called from this object's reader thread, as a Worker calls them from its own thread."""
 
@@ -186,12 +185,7 @@ class EngineProcess:
         self.dead: str | None = None  # why the engine process is gone, when it died
         self.started_at = 0.0  # monotonic time it came up
         self.quick_deaths = 0  # predecessors in its place that died soon after starting (restart back-off)
-        # the figures a Worker keeps, as the engine process reports them once per tick
-        self.ticks = 0
-        self.last_tick_ms = 0.0
-        self.max_tick_ms = 0.0
-        self.overhead_ms: deque[float] = deque(maxlen=OVERHEAD_TICKS)
-        self.last_batch = 0
+        super().__init__()  # the tick figures, as the engine process reports them once per tick
 
     # ---------------------------------------------------------------- lifecycle
     def start(self) -> None:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ...streaming.resample import StreamingResampler
-from .api import CODEC_RATE, StepResult, StreamSpec
+from .api import CODEC_RATE, OVERHEAD_TICKS, StepResult, StreamSpec, TickFigures
 from .engines import Engines
 from .inputs import AUDIO, CODES, FLUSH, InputQueue, awaited, step_cap
 from .slots import SlotPool
@@ -25,14 +25,14 @@ from .tick import TickRunner
 
 log = logging.getLogger("xcodec_stream.worker")
 
-OVERHEAD_TICKS = 1000
+__all__ = ["OVERHEAD_TICKS", "Worker", "percentile_ms"]
 
 
 def percentile_ms(values: deque[float] | list[float], q: float) -> float:
     return round(float(np.percentile(list(values), q)), 3) if values else 0.0
 
 
-class Worker:
+class Worker(TickFigures):
     """Owns the codec's streaming engines; sessions push input from the event loop, results come back via `emit`.
 
     Thread-safe entry points (`open`, `push_*`, `flush`, `close`, `attach_listener`, `detach_listener`) only
@@ -90,14 +90,7 @@ class Worker:
         self._stopping = False
         self._started = threading.Event()
         self._start_error: BaseException | None = None
-        # observability, written by the worker thread only
-        self.ticks = 0
-        self.last_tick_ms = 0.0
-        self.max_tick_ms = 0.0
-        # Per tick: milliseconds outside the engines' step/flush calls (gathering input, resampling, slicing,
-        # bookkeeping) = the server's own overhead. The last OVERHEAD_TICKS ticks that stepped something.
-        self.overhead_ms: deque[float] = deque(maxlen=OVERHEAD_TICKS)
-        self.last_batch = 0
+        super().__init__()  # the tick figures, written by the worker thread only
 
     # ---------------------------------------------------------------- lifecycle
     def start(self) -> None:
