@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import gc
 import logging
 import signal
 import sys
@@ -104,6 +105,10 @@ def engine_main(conn: Any, model: Any, worker_kwargs: dict, log_setup: tuple[str
         send(("start_failed", f"{exc.__cause__ or exc}"))
         return
     engines.update(engines_now())
+    # the model and the engines are built and live as long as the process: keep the cyclic collector from
+    # walking them at every collection (a collection in a tick is a latency spike)
+    gc.collect()
+    gc.freeze()
     send(("started", dict(engines)))
 
     def opened(sid: int, fut: concurrent.futures.Future) -> None:
