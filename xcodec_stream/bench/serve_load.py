@@ -29,6 +29,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=float, default=10.0, help="audio each client streams, in real time")
     p.add_argument("--chunk-ms", type=float, default=20.0, help="audio per message (default 20 ms)")
     p.add_argument("--latency", default="balanced", help="latency preset of every session")
+    p.add_argument(
+        "--sample-rate",
+        type=int,
+        default=16000,
+        help="the clients' sample rate (default 16000, the codec's; 48000 as browsers send: resampled in the daemon)",
+    )
     p.add_argument("--device", default="cpu", help="daemon device: cpu, cuda, auto")
     p.add_argument(
         "--threads",
@@ -120,10 +126,10 @@ def start_daemon(args: argparse.Namespace, max_sessions: int) -> tuple[subproces
     return proc, port, cfg
 
 
-async def _one_client(url: str, x: np.ndarray, chunk_ms: float, latency: str) -> dict:
+async def _one_client(url: str, x: np.ndarray, chunk_ms: float, latency: str, rate: int) -> dict:
     from xcodec_stream.clients.client import Client, stream
 
-    client = await Client.connect(url, mode="loopback", latency=latency)
+    client = await Client.connect(url, mode="loopback", latency=latency, sample_rate=rate)
     try:
         r = await stream(client, x, chunk_ms=chunk_ms, realtime=True)
     finally:
@@ -137,15 +143,18 @@ async def _one_client(url: str, x: np.ndarray, chunk_ms: float, latency: str) ->
     }
 
 
-async def run_level(port: int, n: int, x: np.ndarray, chunk_ms: float, latency: str, pids: list[int]) -> dict:
-    """One level of N clients; `pids`: the daemon's processes (its engine process too, when it has one)."""
+async def run_level(
+    port: int, n: int, x: np.ndarray, chunk_ms: float, latency: str, pids: list[int], rate: int = 16000
+) -> dict:
+    """One level of N clients sending `x` at `rate`; `pids`: the daemon's processes (its engine processes
+    too, when it has them)."""
     url = f"ws://127.0.0.1:{port}"
     cpu0, t0 = sum(map(_cpu_seconds, pids)), time.monotonic()
 
     # stagger starts over one chunk so that the clients do not all send at the same instant
     async def delayed(i: int) -> dict:
         await asyncio.sleep(i * chunk_ms / 1000.0 / max(n, 1))
-        return await _one_client(url, x, chunk_ms, latency)
+        return await _one_client(url, x, chunk_ms, latency, rate)
 
     results = await asyncio.gather(*(delayed(i) for i in range(n)))
     wall = time.monotonic() - t0
@@ -182,15 +191,20 @@ def run(args: argparse.Namespace) -> int:
     clip, rate = sf.read(CLIP, dtype="float32")
     n_samples = int(args.seconds * rate)
     x = np.resize(clip, n_samples).astype(np.float32)
+    if args.sample_rate != rate:
+        from xcodec_stream.streaming.resample import resample
+
+        x, rate = resample(x, rate, args.sample_rate), args.sample_rate
     load_before = os.getloadavg()[0]
     proc, port, cfg = start_daemon(args, max(levels))
     rows: list[dict] = []
     try:
         health = _health(port) or {}
         pids = [proc.pid, *health.get("engine_pids", [])]
-        asyncio.run(run_level(port, 1, x[: int(rate)], args.chunk_ms, args.latency, pids))  # warm-up, 1 s
+        warm = x[: int(rate)]  # 1 s
+        asyncio.run(run_level(port, 1, warm, args.chunk_ms, args.latency, pids, rate))
         for n in levels:
-            row = asyncio.run(run_level(port, n, x, args.chunk_ms, args.latency, pids))
+            row = asyncio.run(run_level(port, n, x, args.chunk_ms, args.latency, pids, rate))
             rows.append(row)
             print(
                 f"N={n}: real time {'yes' if row['realtime'] else 'NO'}, processing p50 {row['proc_p50']:.0f} / "
@@ -257,6 +271,7 @@ def run(args: argparse.Namespace) -> int:
             ("seconds", args.seconds),
             ("chunk_ms", args.chunk_ms),
             ("latency", args.latency),
+            ("sample_rate", args.sample_rate),
             ("device", args.device),
             ("threads", args.threads),
             ("batch_wait_ms", args.batch_wait_ms),
@@ -267,6 +282,7 @@ def run(args: argparse.Namespace) -> int:
         [
             f"## Server load: concurrent real-time loopback clients ({args.model}, {args.device}"
             + (f", step {args.compile}" if args.compile != "eager" else "")
+            + (f", clients at {args.sample_rate} Hz" if args.sample_rate != 16000 else "")
             + ")",
             "",
             f"- Machine: {machine()} (daemon: {engines}, {args.threads or 'the default number of'} torch threads "
@@ -274,7 +290,7 @@ def run(args: argparse.Namespace) -> int:
             f"- Date: {today()}; load average before the run: {load_before:.1f} on {os.cpu_count()} CPUs "
             "(other jobs share the machine when it is above 0)",
             f"- Command: `{command}`",
-            f"- Each client streams {args.seconds:g} s of speech in {args.chunk_ms:g} ms chunks in real time (16 kHz, "
+            f"- Each client streams {args.seconds:g} s of speech in {args.chunk_ms:g} ms chunks in real time ({rate / 1000:g} kHz, "
             f"loopback, preset `{args.latency}`, algorithmic latency {base['algorithmic']:.0f} ms), from one process; "
             "the daemon runs in another. Processing = chunk sent -> consumed by the codec (acknowledged); "
             "end to end = chunk sent -> its last sample back (includes the algorithmic latency).",
@@ -301,6 +317,7 @@ def run(args: argparse.Namespace) -> int:
             )
             + (f"-p{args.processes}" if args.processes != 2 else "")
             + (f"-{args.compile}" if args.compile != "eager" else "")
+            + (f"-{args.sample_rate // 1000}k" if args.sample_rate != 16000 else "")
         )
         path = write_section(name, body)
         print(f"wrote {path}", file=sys.stderr)
@@ -310,6 +327,7 @@ def run(args: argparse.Namespace) -> int:
             f"{args.model}, {health.get('device', args.device)} ({cpu()}), {args.latency}, "
             f"{args.chunk_ms:g} ms chunks, {engines}"
             + (f", step {args.compile}" if args.compile != "eager" else "")
+            + (f", clients at {args.sample_rate} Hz" if args.sample_rate != 16000 else "")
         )
         data.write_text(json.dumps({"label": label, "date": today(), "rows": rows}, indent=1, default=float))
         print(f"wrote {data} and {plot_scaling(data.parent, path.parent / 'scaling.png')}", file=sys.stderr)
