@@ -182,7 +182,7 @@ class Trainer:
             adv = generator_loss(fake_scores)
             fm = feature_loss(real_features, fake_features)
             loss = loss + cfg.adversarial_weight * adv + cfg.feature_weight * fm
-            record.update(adv=float(adv), feat=float(fm))
+            record.update(adv=adv.item(), feat=fm.item())  # .item(): no warning about grad-tracking scalars
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
         grad = nn.utils.clip_grad_norm_(
