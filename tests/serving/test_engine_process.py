@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import time
 import urllib.error
 import urllib.request
 
@@ -20,6 +21,7 @@ from xcodec_stream.clients.client import Client, ServerError, listen, stream
 from xcodec_stream.serving.worker import StreamSpec, WorkerFull
 from xcodec_stream.serving.worker import pool as pool_module
 from xcodec_stream.serving.worker.pool import EnginePool
+from xcodec_stream.streaming.resample import resample
 
 
 def chunked(x: np.ndarray, n: int) -> list[np.ndarray]:
@@ -121,6 +123,29 @@ async def test_a_dead_engine_process_fails_its_streams_and_is_replaced(monkeypat
         r = await stream(c, x, chunk_ms=40)
         await c.close()
     assert r.done["samples_out"] == x.size and not r.errors
+
+
+async def test_a_stalled_engine_process_does_not_stall_the_daemon() -> None:
+    """The daemon queues its calls for a writer thread: with the engine process stopped (SIGSTOP) and more
+    audio coming than the pipe holds, the event loop still answers; once the engine resumes, the stream
+    completes."""
+    x = resample(speech(seconds=3.5), 16000, 48000)  # 670 kB of float32 PCM: more than the pipe's buffer
+    async with running_server(FakeModel(), engine_processes=1) as srv:
+        pid = srv.worker.pids[0]
+        c = await Client.connect(srv.url, mode="loopback", sample_rate=48000)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            task = asyncio.create_task(stream(c, x, chunk_ms=20))  # as fast as it can
+            await asyncio.sleep(1.5)
+            t0 = time.monotonic()
+            status, _ = await health(srv)
+            assert status == 200 and time.monotonic() - t0 < 2.0
+            assert not task.done()
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        r = await asyncio.wait_for(task, 60)
+        await c.close()
+    assert r.done["samples_in"] == r.done["samples_out"] == x.size and not r.errors
 
 
 async def until(srv, status: str, timeout_s: float = 60.0) -> tuple[int, dict]:

@@ -5,8 +5,8 @@ Why: in one process the event loop (WebSocket frames, sessions) and the worker t
 small torch calls, each taking the GIL back) share one GIL, so the daemon tops out near one core whatever
 the machine has. Apart, each side has its own interpreter: the loop parses frames while the engine steps.
 
-Across the pipe (pickled tuples, one per call, sent at once: a call is a few microseconds and the pipe
-applies back-pressure if the engine falls behind):
+Across the pipe (pickled tuples; the daemon's calls queue and a writer thread sends all that queued since
+its last write as one list, so the event loop never waits on the pipe):
 - daemon -> engine: ("open", sid, spec), ("push_audio", sid, seq, pcm), ("push_codes", sid, frame, codes),
   ("flush", sid), ("close", sid), ("attach", publisher, sid, rate, fmt), ("detach", publisher, sid),
   ("stop",);
@@ -31,6 +31,7 @@ import signal
 import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -116,40 +117,46 @@ def engine_main(conn: Any, model: Any, worker_kwargs: dict, log_setup: tuple[str
             exc = fut.exception()
             send(("opened", sid, _error(exc) if exc is not None else fut.result()))
 
-    try:
-        while True:
+    def handle(msg: tuple) -> bool:
+        """One call from the daemon; False for ("stop",)."""
+        kind = msg[0]
+        if kind == "push_audio":
+            worker.push_audio(*msg[1:])
+        elif kind == "push_codes":
+            worker.push_codes(*msg[1:])
+        elif kind == "flush":
+            worker.flush(msg[1])
+        elif kind == "close":
+            worker.close(msg[1])
+        elif kind == "open":
+            sid = msg[1]
             try:
-                msg = conn.recv()
+                fut = worker.open(sid, msg[2])
+            except Exception as exc:  # WorkerFull, a stream id in use
+                send(("opened", sid, _error(exc)))
+            else:
+                fut.add_done_callback(lambda f, sid=sid: opened(sid, f))
+        elif kind == "attach":
+            try:
+                worker.attach_listener(*msg[1:]).result()
+            except Exception as exc:
+                send(("attached", msg[1], msg[2], _error(exc)))
+            else:
+                send(("attached", msg[1], msg[2], None))
+        elif kind == "detach":
+            worker.detach_listener(*msg[1:])
+        elif kind == "stop":
+            return False
+        return True
+
+    try:
+        running = True
+        while running:
+            try:
+                batch = conn.recv()  # the calls the daemon queued since its last write, in order
             except (EOFError, OSError):  # the daemon died without stopping us
                 break
-            kind = msg[0]
-            if kind == "push_audio":
-                worker.push_audio(*msg[1:])
-            elif kind == "push_codes":
-                worker.push_codes(*msg[1:])
-            elif kind == "flush":
-                worker.flush(msg[1])
-            elif kind == "close":
-                worker.close(msg[1])
-            elif kind == "open":
-                sid = msg[1]
-                try:
-                    fut = worker.open(sid, msg[2])
-                except Exception as exc:  # WorkerFull, a stream id in use
-                    send(("opened", sid, _error(exc)))
-                else:
-                    fut.add_done_callback(lambda f, sid=sid: opened(sid, f))
-            elif kind == "attach":
-                try:
-                    worker.attach_listener(*msg[1:]).result()
-                except Exception as exc:
-                    send(("attached", msg[1], msg[2], _error(exc)))
-                else:
-                    send(("attached", msg[1], msg[2], None))
-            elif kind == "detach":
-                worker.detach_listener(*msg[1:])
-            elif kind == "stop":
-                break
+            running = all(handle(msg) for msg in batch)
     finally:
         worker.stop()
         send(("stopped",))
@@ -178,7 +185,12 @@ class EngineProcess(TickFigures):
         self.on_death = on_death  # called from the reader thread once the dead process's streams are failed
         self._kwargs = worker_kwargs
         self._log_setup = (log_level, log_format)
-        self._lock = threading.Lock()  # sends, and the tables below
+        self._lock = threading.Lock()  # the tables below, and the order of what is queued for the pipe
+        # Calls for the engine queue here and a writer thread sends them (all that queued meanwhile, in one
+        # write): the event loop never waits on the pipe, even when the engine process stalls.
+        self._outbox: deque[tuple] = deque()
+        self._wake = threading.Condition()
+        self._writer: threading.Thread | None = None
         self._opens: dict[int, concurrent.futures.Future] = {}
         self._attaches: dict[tuple[int, int], concurrent.futures.Future] = {}
         self._sids: set[int] = set()  # open streams, to fail if the engine process dies
@@ -224,6 +236,8 @@ class EngineProcess(TickFigures):
         log.info("engine process %d started", self._proc.pid)
         self._reader = threading.Thread(target=self._read, name="xcodec-engine-reader", daemon=True)
         self._reader.start()
+        self._writer = threading.Thread(target=self._write, name="xcodec-engine-writer", daemon=True)
+        self._writer.start()
 
     def stop(self, timeout: float = 10.0) -> None:
         if self._proc is None:
@@ -234,8 +248,9 @@ class EngineProcess(TickFigures):
         if self._proc.is_alive():
             log.warning("engine process %d did not stop within %.0f s: killed", self._proc.pid, timeout)
             self._kill()
-        if self._reader is not None:
-            self._reader.join(timeout)
+        for thread in (self._writer, self._reader):
+            if thread is not None:
+                thread.join(timeout)
         self._conn.close()
         self._proc = None
 
@@ -311,10 +326,24 @@ class EngineProcess(TickFigures):
 
     def _send_locked(self, msg: tuple) -> None:
         if self.dead is None:
+            with self._wake:
+                self._outbox.append(msg)
+                self._wake.notify()
+
+    def _write(self) -> None:
+        """The writer thread: what queued since its last write, as one message, until ("stop",) is sent."""
+        while True:
+            with self._wake:
+                while not self._outbox:
+                    self._wake.wait()
+                batch = list(self._outbox)
+                self._outbox.clear()
             try:
-                self._conn.send(msg)
-            except (OSError, ValueError):  # the reader thread reports the engine's death
-                pass
+                self._conn.send(batch)
+            except (OSError, ValueError):  # the engine is gone: the reader thread reports it
+                return
+            if batch[-1][0] == "stop":
+                return
 
     def _read(self) -> None:
         """The reader thread: results and figures from the engine process, until it stops or dies."""
