@@ -527,14 +527,10 @@ class XcodecServer:
         worker = self.worker
         return {
             "status": (
-                "stopping"
-                if worker is None or self.stopping
-                else "engine_down"
-                if getattr(worker, "dead", None)
-                else "ok"
+                "stopping" if worker is None or self.stopping else "engine_down" if worker.dead else "ok"
             ),
             # the engine processes' ids ([worker] processes), none when the worker is a thread of the daemon
-            "engine_pids": getattr(worker, "pids", []),
+            "engine_pids": worker.pids if worker else [],
             "protocol_version": PROTOCOL_VERSION,
             "model": self.codec.model_id,
             "device": self.device,
@@ -557,7 +553,7 @@ class XcodecServer:
                 # the server's own time per tick (outside the codec's step/flush), over the last ticks
                 "overhead_p50_ms": percentile_ms(worker.overhead_ms, 50) if worker else 0.0,
                 "overhead_p99_ms": percentile_ms(worker.overhead_ms, 99) if worker else 0.0,
-                "engine_restarts": getattr(worker, "restarts", 0),
+                "engine_restarts": worker.restarts if worker else 0,
             },
             "uptime_s": round(time.monotonic() - self.started, 3),
             **({"cluster": self.cluster.view()} if self.cluster is not None else {}),

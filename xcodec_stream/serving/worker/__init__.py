@@ -7,10 +7,10 @@ sessions exchange with it. `process` runs a Worker in a child process behind the
 streams over several of them (`[worker] processes`).
 """
 
-from .api import CODEC_RATE, EngineInfo, StepResult, StreamSpec, WorkerFull
+from .api import CODEC_RATE, OVERHEAD_TICKS, EngineInfo, StepResult, StreamSpec, WorkerFull
 from .inputs import LIVE_S
 from .outputs import n_q_for
-from .thread import OVERHEAD_TICKS, Worker, percentile_ms
+from .thread import Worker, percentile_ms
 from .tick import OOM_ERRORS
 
 __all__ = [

@@ -3,6 +3,7 @@ what each tick produced for it, and the refusal when no slot is free."""
 
 from __future__ import annotations
 
+import concurrent.futures
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -29,6 +30,16 @@ class TickFigures:
 
 class WorkerFull(RuntimeError):
     """No free encoder/decoder slot for this preset."""
+
+
+def answered(result: object = None, error: BaseException | None = None) -> concurrent.futures.Future:
+    """A future that is already done: calls answered at once where another worker answers later."""
+    fut: concurrent.futures.Future = concurrent.futures.Future()
+    if error is not None:
+        fut.set_exception(error)
+    else:
+        fut.set_result(result)
+    return fut
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .api import StepResult, StreamSpec
+from .api import StepResult, StreamSpec, answered
 from .process import EngineProcess
 
 log = logging.getLogger("xcodec_stream.worker")
@@ -109,19 +109,16 @@ class EnginePool:
         self._route[sid] = engine
         return engine.open(sid, spec)
 
-    def _of(self, sid: int) -> EngineProcess | None:
-        return self._route.get(sid)
-
     def push_audio(self, sid: int, seq: int, pcm: Any) -> None:
-        if (engine := self._of(sid)) is not None:
+        if (engine := self._route.get(sid)) is not None:
             engine.push_audio(sid, seq, pcm)
 
     def push_codes(self, sid: int, frame: int, codes: Any) -> None:
-        if (engine := self._of(sid)) is not None:
+        if (engine := self._route.get(sid)) is not None:
             engine.push_codes(sid, frame, codes)
 
     def flush(self, sid: int) -> None:
-        if (engine := self._of(sid)) is not None:
+        if (engine := self._route.get(sid)) is not None:
             engine.flush(sid)
 
     def close(self, sid: int) -> None:
@@ -131,15 +128,13 @@ class EnginePool:
     def attach_listener(
         self, publisher: int, sid: int, sample_rate: int, fmt: str
     ) -> concurrent.futures.Future:
-        engine = self._of(publisher)
+        engine = self._route.get(publisher)
         if engine is None:  # the publisher is gone: nothing to attach to (a Worker ignores it too)
-            fut: concurrent.futures.Future = concurrent.futures.Future()
-            fut.set_result(None)
-            return fut
+            return answered()
         return engine.attach_listener(publisher, sid, sample_rate, fmt)
 
     def detach_listener(self, publisher: int, sid: int) -> None:
-        if (engine := self._of(publisher)) is not None:
+        if (engine := self._route.get(publisher)) is not None:
             engine.detach_listener(publisher, sid)
 
     # ---------------------------------------------------------------- what /healthz shows

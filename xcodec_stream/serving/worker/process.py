@@ -35,7 +35,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .api import StepResult, StreamSpec, TickFigures, WorkerFull
+from .api import StepResult, StreamSpec, TickFigures, WorkerFull, answered
 from .thread import Worker
 
 log = logging.getLogger("xcodec_stream.worker")
@@ -274,11 +274,10 @@ class EngineProcess(TickFigures):
         fut: concurrent.futures.Future = concurrent.futures.Future()
         with self._lock:
             if self.dead is not None:
-                fut.set_exception(RuntimeError(f"the engine process is gone ({self.dead})"))
-                return fut
+                return self._gone()
             self._opens[sid] = fut
             self._sids.add(sid)
-            self._send_locked(("open", sid, spec))
+            self._send(("open", sid, spec))
         # a session that gives up waiting cancels: the engine then drops the open and frees its slots
         fut.add_done_callback(lambda f: f.cancelled() and self.close(sid))
         return fut
@@ -295,7 +294,7 @@ class EngineProcess(TickFigures):
     def close(self, sid: int) -> None:
         with self._lock:
             self._sids.discard(sid)
-            self._send_locked(("close", sid))
+            self._send(("close", sid))
 
     def attach_listener(
         self, publisher: int, sid: int, sample_rate: int, fmt: str
@@ -303,11 +302,13 @@ class EngineProcess(TickFigures):
         fut: concurrent.futures.Future = concurrent.futures.Future()
         with self._lock:
             if self.dead is not None:
-                fut.set_exception(RuntimeError(f"the engine process is gone ({self.dead})"))
-                return fut
+                return self._gone()
             self._attaches[(publisher, sid)] = fut
-            self._send_locked(("attach", publisher, sid, sample_rate, fmt))
+            self._send(("attach", publisher, sid, sample_rate, fmt))
         return fut
+
+    def _gone(self) -> concurrent.futures.Future:
+        return answered(error=RuntimeError(f"the engine process is gone ({self.dead})"))
 
     def detach_listener(self, publisher: int, sid: int) -> None:
         self._send(("detach", publisher, sid))
@@ -321,10 +322,7 @@ class EngineProcess(TickFigures):
 
     # ---------------------------------------------------------------- the pipe
     def _send(self, msg: tuple) -> None:
-        with self._lock:
-            self._send_locked(msg)
-
-    def _send_locked(self, msg: tuple) -> None:
+        """Queue a call for the writer thread (the queue keeps the callers' order; nothing blocks)."""
         if self.dead is None:
             with self._wake:
                 self._outbox.append(msg)
@@ -364,7 +362,7 @@ class EngineProcess(TickFigures):
             elif kind == "opened":
                 self._settle(self._opens, msg[1], msg[2])
             elif kind == "attached":
-                self._settle(self._attaches, (msg[1], msg[2]), msg[3] or True)
+                self._settle(self._attaches, (msg[1], msg[2]), msg[3])
             elif kind == "engines":
                 self._engines = msg[1]
             elif kind == "stopped":
@@ -373,16 +371,16 @@ class EngineProcess(TickFigures):
             self._died()
 
     def _settle(self, table: dict, key: Any, answer: Any) -> None:
+        """An open's or attach's answer: its result, or an error as (kind, text). A cancelled open needs
+        nothing more: its cancellation already sent `close`, which the engine gets after the open."""
         with self._lock:
             fut = table.pop(key, None)
         if fut is None or not fut.set_running_or_notify_cancel():
-            if table is self._opens and not isinstance(answer, tuple):
-                self.close(key)  # opened after the session gave up (the engine missed the close)
             return
         if isinstance(answer, tuple):
             fut.set_exception(_exception(answer))
         else:
-            fut.set_result(None if answer is True else answer)
+            fut.set_result(answer)
 
     def _died(self) -> None:
         if self._proc is not None:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 
 from ...streaming.resample import StreamingResampler
-from .api import CODEC_RATE, OVERHEAD_TICKS, StepResult, StreamSpec, TickFigures
+from .api import CODEC_RATE, StepResult, StreamSpec, TickFigures, answered
 from .engines import Engines
 from .inputs import AUDIO, CODES, FLUSH, InputQueue, awaited, step_cap
 from .slots import SlotPool
@@ -24,8 +24,6 @@ from .stream import Listener, Stream
 from .tick import TickRunner
 
 log = logging.getLogger("xcodec_stream.worker")
-
-__all__ = ["OVERHEAD_TICKS", "Worker", "percentile_ms"]
 
 
 def percentile_ms(values: deque[float] | list[float], q: float) -> float:
@@ -91,6 +89,14 @@ class Worker(TickFigures):
         self._started = threading.Event()
         self._start_error: BaseException | None = None
         super().__init__()  # the tick figures, written by the worker thread only
+
+    # What /healthz shows of engine processes, as a worker thread has them: it dies only with the daemon.
+    dead: str | None = None
+    restarts = 0
+
+    @property
+    def pids(self) -> list[int]:
+        return []
 
     # ---------------------------------------------------------------- lifecycle
     def start(self) -> None:
@@ -160,15 +166,13 @@ class Worker(TickFigures):
         """A room listener that wants audio: the room decoder starts (reset) on its first use. Raises WorkerFull
         when the room needs a decoder slot and none is free; the future returned is done (an engine in another
         process answers through it later: `EngineProcess`)."""
-        fut: concurrent.futures.Future = concurrent.futures.Future()
         with self._cond:
             st = self._streams.get(publisher)
             if st is not None and not st.closing:
                 if st.room_dec_slot is None:
                     st.room_dec_slot, st.room_dec_reset = self._slots.allocate_room(st.spec.preset), True
                 st.listeners[sid] = Listener(sid, self._resampler(CODEC_RATE, sample_rate), fmt)
-        fut.set_result(None)
-        return fut
+        return answered()
 
     def detach_listener(self, publisher: int, sid: int) -> None:
         with self._cond:
