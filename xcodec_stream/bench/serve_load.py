@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ..serving.config import engines_text
 from .report import cpu, machine, markdown_table, pyplot, save_figure, today, write_section
 
 CLIP = Path(__file__).resolve().parents[2] / "tests" / "data" / "codec2_speech_orig_16k.wav"
@@ -222,10 +223,10 @@ def run(args: argparse.Namespace) -> int:
             proc.kill()
         cfg.unlink(missing_ok=True)
     base = rows[0]
-    engines = (
-        f"{args.processes} engine process{'es' if args.processes > 1 else ''}"
-        if args.processes
-        else "the engine in a thread of the daemon"
+    engines = engines_text(args.processes)
+    # what sets this run apart from the default one, for its heading and its plot label
+    settings = (f", step {args.compile}" if args.compile != "eager" else "") + (
+        f", clients at {args.sample_rate} Hz" if args.sample_rate != 16000 else ""
     )
     held = [r["n"] for r in rows if r["realtime"]]
     table = markdown_table(
@@ -280,10 +281,7 @@ def run(args: argparse.Namespace) -> int:
     )
     body = "\n".join(
         [
-            f"## Server load: concurrent real-time loopback clients ({args.model}, {args.device}"
-            + (f", step {args.compile}" if args.compile != "eager" else "")
-            + (f", clients at {args.sample_rate} Hz" if args.sample_rate != 16000 else "")
-            + ")",
+            f"## Server load: concurrent real-time loopback clients ({args.model}, {args.device}{settings})",
             "",
             f"- Machine: {machine()} (daemon: {engines}, {args.threads or 'the default number of'} torch threads "
             f"each; device reported by the daemon: {health.get('device', '?')})",
@@ -325,9 +323,7 @@ def run(args: argparse.Namespace) -> int:
         data.parent.mkdir(parents=True, exist_ok=True)
         label = (
             f"{args.model}, {health.get('device', args.device)} ({cpu()}), {args.latency}, "
-            f"{args.chunk_ms:g} ms chunks, {engines}"
-            + (f", step {args.compile}" if args.compile != "eager" else "")
-            + (f", clients at {args.sample_rate} Hz" if args.sample_rate != 16000 else "")
+            f"{args.chunk_ms:g} ms chunks, {engines}{settings}"
         )
         data.write_text(json.dumps({"label": label, "date": today(), "rows": rows}, indent=1, default=float))
         print(f"wrote {data} and {plot_scaling(data.parent, path.parent / 'scaling.png')}", file=sys.stderr)

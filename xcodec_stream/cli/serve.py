@@ -152,6 +152,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def serve(model, config, model_id: str, device: str) -> None:
+    from xcodec_stream.serving.config import engines_text
     from xcodec_stream.serving.server import XcodecServer
 
     stop = asyncio.Event()
@@ -172,9 +173,7 @@ async def serve(model, config, model_id: str, device: str) -> None:
             ",".join(config.presets),
             ",".join(config.allowed_presets),
             config.max_sessions,
-            f"{config.engine_processes} engine process{'es' if config.engine_processes > 1 else ''}"
-            if config.engine_processes
-            else "engine in a thread",
+            engines_text(config.engine_processes),
             f" | cluster node {server.cluster.node}" if server.cluster is not None else "",
         )
         await stop.wait()

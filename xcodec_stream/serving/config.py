@@ -18,6 +18,15 @@ LOG_FORMATS = ("text", "json")
 # How the worker runs the engines' step (xcodec_stream.streaming.slots): auto = CUDA graphs on a GPU, eager on
 # a CPU (inductor takes minutes to compile on a small CPU the first time: ask for "compile" explicitly).
 COMPILE_OPTIONS = ("auto", "eager", "compile", "cuda-graphs")
+
+
+def engines_text(processes: int) -> str:
+    """How the codec runs, in words, for `[worker] processes` (the start-up line, benchmark tables)."""
+    if not processes:
+        return "the engine in a thread of the daemon"
+    return f"{processes} engine process{'es' if processes > 1 else ''}"
+
+
 _SECRETS = {"auth_tokens", "cluster_redis"}  # never printed, not even in error messages
 
 

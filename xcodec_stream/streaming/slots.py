@@ -209,7 +209,7 @@ class SlotEngine:
         (`_call` marks it)."""
         import torch._dynamo
 
-        # one graph per bucket size and per engine: allow them all
+        # a graph per bucket (CUDA graphs) or per row-count range (inductor), per engine: allow them all
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
         if self.compile_mode == "cuda-graphs":
             return torch.compile(
@@ -277,7 +277,7 @@ class SlotEngine:
         b = bucket_size(n, self.batch_size) if self.padded else n
         pos = self.pos[rows]
         # eager: masks only where a row is warming up or past its end; compiled, they are fused and cheap,
-        # and one graph per bucket is enough
+        # and one graph serves every position
         masking = self.compile_mode != "eager" or bool(pos.min() < self.warmup or (end < OPEN_END).any())
         if b == n == self.batch_size and self.compile_mode == "eager":
             idx = None  # every slot in order: the bank's own rows, no gather/scatter copies (eager only: a
