@@ -170,3 +170,40 @@ def test_speculative_outputs_equal_offline_on_the_signal_cut_there(which, cut):
         torch.testing.assert_close(
             spec_state[k], plain_state[k], atol=1e-12, rtol=0
         )  # same up to kernel choice
+
+
+@pytest.mark.parametrize("which", ["encoder", "decoder"])
+@pytest.mark.parametrize("lookahead", [0, 2, 5])
+def test_trimmed_speculation_computes_only_what_the_output_reads(which, lookahead):
+    """`trim(delay - lag)` (a step that keeps outputs up to `lag` frames behind its input): every step's kept
+    outputs and its new state equal the untrimmed graph's, over several steps, while the layers compute less
+    of the speculative tail."""
+    torch.manual_seed(2)
+    if which == "encoder":
+        make, rate, x = lambda: AcousticEncoder(4, (8, 5, 4, 2), 8), 320, torch.randn(2, 1, 12 * 320)
+    else:
+        make, rate, x = lambda: AcousticDecoder(8, 16, (8, 5, 4, 2)), 1, torch.randn(2, 8, 12)
+    module = liven(make()).double()
+    full, trimmed = (StreamGraph(chain_from_module(module), rate) for _ in range(2))
+    out_rate = full.out_rate
+    need = full.delay - lookahead * out_rate
+    trimmed.trim(need)
+    assert trimmed.spec_out == min(full.spec_out, need)
+    tails = [sum(n.spec_out for n in g.chain.nodes()) for g in (full, trimmed)]
+    assert tails[1] < tails[0] if lookahead else tails[1] == tails[0]  # lag 0: the output reads all of it
+    x = x.double()
+    states = [g.init_state(2, x.device, x.dtype) for g in (full, trimmed)]
+    K = 3
+    with torch.no_grad():
+        for i in range(4):
+            pos = torch.full((2,), i * K)
+            stop = pos + K  # the signal taken to end where the input stops
+            outs = []
+            for j, g in enumerate((full, trimmed)):
+                y, states[j] = g.step(
+                    x[..., i * K * rate : (i + 1) * K * rate], states[j], pos, stop, speculate=True
+                )
+                outs.append(y[..., : K * out_rate + need])
+            torch.testing.assert_close(outs[1], outs[0], atol=1e-12, rtol=0)
+            for k in states[0]:
+                torch.testing.assert_close(states[1][k], states[0][k], atol=0, rtol=0)

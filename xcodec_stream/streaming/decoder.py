@@ -49,6 +49,8 @@ class StreamingDecoder(SlotEngine):
             opts.decoder_lookahead is not None and opts.decoder_lookahead * hop < self.graph.delay
         )
         self.lag_samples = opts.decoder_lookahead * hop if self.speculative else self.graph.delay
+        if self.speculative:  # the step emits the tail's first `delay - lag` samples only
+            self.graph.trim(self.graph.delay - self.lag_samples)
         self.bank = StateBank(batch_size, self.graph.templates, self.device, self.dtype)
         self.num_quantizers = model.config.num_quantizers
         self.codebook_size = model.config.codebook_size

@@ -65,6 +65,8 @@ class StreamingEncoder(SlotEngine):
             opts.acoustic_lookahead is not None and opts.acoustic_lookahead < self.acoustic.delay
         )
         self.acoustic_lag = opts.acoustic_lookahead if self.speculative else self.acoustic.delay
+        if self.speculative:  # the step uses the tail's first `delay - lag` latents only
+            self.acoustic.trim(self.acoustic.delay - self.acoustic_lag)
         self.semantic = SemanticStream(
             model, K, opts.semantic_left_context, opts.semantic_lookahead, cache=opts.semantic_cache
         )

@@ -138,6 +138,13 @@ class StreamGraph:
         if len(set(keys)) != len(keys):
             raise ValueError("two streaming layers share a state key")
 
+    def trim(self, need: int) -> None:
+        """Speculative calls compute `need` outputs past the committed ones (at most `spec_out`), and every
+        layer only what the layers after it read: for callers that use less of the tail than can be
+        non-zero (a lookahead shorter than the graph's delay)."""
+        self.chain.trim(need)
+        self.spec_out = self.chain.spec_out
+
     def init_state(self, batch: int, device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
         out = {}
         for k, t in self.templates.items():

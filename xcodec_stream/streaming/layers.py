@@ -16,7 +16,9 @@ Speculation: with `speculate=True` a call also computes the outputs *after* the 
 offline model would give if the signal ended where the committed input ends (`end`); each layer pads its
 input with zeros as far as it needs (the offline zero padding) and computes a static number of extra
 outputs (`spec_out`, fixed at bind time: only those that can be non-zero). The state only ever takes the
-committed part: speculation writes no state.
+committed part: speculation writes no state. `trim(need)`, run backwards from the graph's output once bound,
+cuts each layer's speculative outputs to those the layers after it read (a tail the output does not reach
+is not computed at all).
 
 State: every stateful layer owns one tensor, named by the layer's `key` (its module path), with a leading
 batch dimension; a graph's state is a `dict[str, Tensor]`, never a module buffer. `STREAM_LAYERS` maps
@@ -78,6 +80,7 @@ class StreamNode:
     in_offset: int = 0
     out_offset: int = 0
     spec_out: int = 0
+    reads: int | None = None  # speculative inputs the node reads, once its chain is trimmed (None: all)
 
     def bind(self, in_offset: int, in_rate: int, spec_in: int, states: State) -> tuple[int, int, int]:
         """Fix timing for an input whose first streamed sample has time `in_offset` (at pos 0), `in_rate`
@@ -89,6 +92,12 @@ class StreamNode:
     def out_len(self, n: torch.Tensor) -> torch.Tensor:
         """Offline output length for offline input length `n` (per row, int64 tensor)."""
         return n
+
+    def trim(self, need: int) -> int:
+        """Compute at most `need` speculative outputs (after `bind`); returns the speculative inputs that takes.
+        Pointwise layers: as many inputs as outputs."""
+        self.spec_out = min(self.spec_out, need)
+        return self.spec_out
 
     def step(
         self, x: torch.Tensor, n: torch.Tensor, state: State, new: State, st: Step
@@ -201,6 +210,11 @@ class Conv(StreamNode):
     def _len(self, n: int) -> int:
         return max((n + 2 * self.padding - self.span) // self.stride + 1, 0)
 
+    def trim(self, need):
+        self.spec_out = min(self.spec_out, need)
+        # the window of the last output ends `span` after its start; the kept buffer precedes the input
+        return max(0, (self.spec_out - 1) * self.stride + self.span - self.buffer)
+
     def out_len(self, n):
         return ((n + 2 * self.padding - self.span).div(self.stride, rounding_mode="floor") + 1).clamp(min=0)
 
@@ -291,6 +305,10 @@ class ConvTranspose(StreamNode):
 
     def _len(self, n: int) -> int:
         return (n - 1) * self.stride - 2 * self.padding + self.kernel + self.output_padding if n > 0 else 0
+
+    def trim(self, need):
+        self.spec_out = min(self.spec_out, need)
+        return -(-self.spec_out // self.stride)  # input i reaches outputs up to block i (see `step`)
 
     def out_len(self, n):
         full = (n - 1) * self.stride - 2 * self.padding + self.kernel + self.output_padding
@@ -393,8 +411,16 @@ class Chain(StreamNode):
             n = node.out_len(n)
         return n
 
+    def trim(self, need):
+        for node in reversed(self.children):
+            node.reads = need = node.trim(need)
+        self.spec_out = self.children[-1].spec_out
+        return need
+
     def step(self, x, n, state, new, st):
         for node in self.children:
+            if st.speculate and node.reads is not None:
+                x = x[..., : st.frames * node.in_rate + node.reads]  # a view: what later layers use
             x, n = node.step(x, n, state, new, st)
         return x, n
 
@@ -425,6 +451,12 @@ class Residual(StreamNode):
         self.skip.bind(in_offset, in_rate, spec_in, states)
         self.out_offset, self.out_rate, self.spec_out = offset, rate, spec
         return offset, rate, spec
+
+    def trim(self, need):
+        reads = self.branch.trim(need)
+        self.spec_out = self.skip.spec_out = self.branch.spec_out
+        # the skip adds x to the branch's outputs, `delay` samples later
+        return max(reads, self.spec_out - self.skip.delay)
 
     def step(self, x, n, state, new, st):
         y, _ = self.branch.step(x, n, state, new, st)

@@ -178,6 +178,7 @@ class SemanticStream:
         self.se = StreamGraph(
             chain_from_module(model.encoder_semantic, "semantic.encoder"), 1, spec_in=lookahead
         )
+        self.se.trim(self.se.delay)  # the step keeps the latents of the committed frames only
         self.templates: dict[str, torch.Tensor] = {
             **self.features.templates,
             "semantic.feature_ring": torch.zeros(self.feat_channels, self.window - block),
