@@ -8,16 +8,7 @@ import pytest
 from fakes import FRAME, FakeModel, local_run
 
 from xcodec_stream.serving.worker import EngineInfo, StepResult, StreamSpec, Worker, WorkerFull
-from xcodec_stream.serving.worker.inputs import (
-    AUDIO,
-    CODES,
-    FLUSH,
-    InputQueue,
-    awaited,
-    ready,
-    step_cap,
-    take,
-)
+from xcodec_stream.serving.worker.inputs import AUDIO, CODES, FLUSH, InputQueue, awaited, step_cap, take
 from xcodec_stream.serving.worker.outputs import finish, slot_audio, slot_codes, stream_info
 from xcodec_stream.serving.worker.slots import SlotPool
 from xcodec_stream.serving.worker.stream import Listener, Stream
@@ -111,32 +102,12 @@ def test_step_cap_and_awaited() -> None:
     assert step_cap(StreamSpec("decode", 16000, "f32", "balanced"), 100.0, Config()) == 5
     assert step_cap(StreamSpec("relay", 16000, "f32", "balanced"), 1.0, Config()) == 1
     st = _stream("encode")
-    assert not awaited(st, 0.1, 16000)  # not opened yet
+    assert not awaited(st, 0.1)  # not opened yet
     st.opened = True
     st.inputs.push((AUDIO, np.zeros(1, "<f4"), 0), now=0.0)
-    assert not awaited(st, 0.1, 16000)  # has input (no step size known: any input steps)
+    assert not awaited(st, 0.1)  # has input
     st.inputs.clear()
-    assert awaited(st, 0.1, 16000) and not awaited(st, 0.3, 16000)  # sending, then gone quiet (LIVE_S)
-
-
-def test_a_stream_is_ready_when_its_input_completes_a_step() -> None:
-    """Batch gathering counts whole encoder steps: 40 ms chunks at 48 kHz into 80 ms steps at 16 kHz."""
-    st = _stream("loopback", rate=48000, want_audio=True)
-    st.opened, st.step16 = True, 1280
-    chunk = np.zeros(1920, "<i2")  # 40 ms at 48 kHz
-    assert not ready(st, 16000)
-    st.inputs.push((AUDIO, chunk, 0), now=0.0)
-    assert not ready(st, 16000) and awaited(st, 0.1, 16000)  # half a step: a tick now would not step it
-    st.inputs.push((AUDIO, chunk, 1), now=0.0)
-    assert ready(st, 16000) and not awaited(st, 0.1, 16000)
-    st.inputs.clear()
-    st.n16_in = 640  # the engine holds half a step already: one more chunk completes it
-    st.inputs.push((AUDIO, chunk, 2), now=0.0)
-    assert ready(st, 16000)
-    st.inputs.clear()
-    st.n16_in = 1280
-    st.inputs.push((FLUSH,), now=0.0)
-    assert ready(st, 16000)  # a flush steps whatever is there
+    assert awaited(st, 0.1) and not awaited(st, 0.3)  # sending, then gone quiet (LIVE_S)
 
 
 # ---------------------------------------------------------------- output shaping

@@ -46,7 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--batch-wait-ms",
         type=float,
         default=10.0,
-        help="daemon [worker] batch_wait_ms (configs/default.toml: 40)",
+        help="daemon [worker] batch_wait_ms (configs/default.toml: 10)",
     )
     p.add_argument("--out", default="docs/BENCHMARKS.md", help="markdown file to update ('' = print only)")
 

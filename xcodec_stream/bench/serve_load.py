@@ -44,10 +44,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="torch threads per engine (default 0: the daemon's choice, the cores shared among its engines)",
     )
     p.add_argument(
-        "--batch-wait-ms",
-        type=float,
-        default=40.0,
-        help="daemon [worker] batch_wait_ms (default 40, as configs/default.toml)",
+        "--batch-wait-ms", type=float, default=10.0, help="daemon [worker] batch_wait_ms (default 10)"
     )
     p.add_argument(
         "--compile",

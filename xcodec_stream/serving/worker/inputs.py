@@ -101,29 +101,9 @@ def take(st: Stream, max_chunks: int) -> Take:
     return t
 
 
-def ready(st: Stream, codec_rate: int) -> bool:
-    """(Under the lock) a tick now would step the stream's engines: its pending input completes its next
-    encoder step (`step16`, counted from what it fed so far), or is codes or a flush. Input short of a step
-    only waits in the engine's buffer. Streams without an encoder step any input."""
-    if not st.inputs:
-        return False
-    if not st.step16:
-        return True
-    queued = 0
-    for item in st.inputs.items:
-        if item[0] != AUDIO:
-            return True
-        queued += item[1].shape[-1]
-    # client-rate samples at the codec's rate (the resampler's own delay ignored: this only groups steps)
-    return st.n16_in % st.step16 + queued * codec_rate // st.spec.sample_rate >= st.step16
-
-
-def awaited(st: Stream, now: float, codec_rate: int) -> bool:
-    """(Under the lock) an open stream that is sending but that a tick now would not step: waiting a little
-    for it lets one step serve it with the others."""
-    return (
-        st.opened and not st.done and not st.failed and st.inputs.sending(now) and not ready(st, codec_rate)
-    )
+def awaited(st: Stream, now: float) -> bool:
+    """(Under the lock) an open stream that is sending but has nothing pending: a tick now would miss it."""
+    return not st.inputs and st.opened and not st.done and not st.failed and st.inputs.sending(now)
 
 
 def encoder_input(t: Take) -> int:

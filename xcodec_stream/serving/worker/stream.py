@@ -33,7 +33,6 @@ class Stream:
     done: bool = False
     n_in: int = 0  # client-rate samples (or frames, decode) consumed
     n16_in: int = 0  # 16 kHz samples fed to the encoder
-    step16: int = 0  # 16 kHz samples per encoder step, once open (0: no encoder; any input can step)
     n16_out: int = 0  # 16 kHz samples taken from the decoder
     n_out: int = 0  # client-rate samples sent
     frames_out: int = 0

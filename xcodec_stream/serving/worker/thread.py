@@ -18,7 +18,7 @@ import torch
 from ...streaming.resample import StreamingResampler
 from .api import CODEC_RATE, StepResult, StreamSpec, TickFigures, answered
 from .engines import Engines
-from .inputs import AUDIO, CODES, FLUSH, InputQueue, awaited, ready, step_cap
+from .inputs import AUDIO, CODES, FLUSH, InputQueue, awaited, step_cap
 from .slots import SlotPool
 from .stream import Listener, Stream
 from .tick import TickRunner
@@ -246,23 +246,18 @@ class Worker(TickFigures):
             self.emit(results)
 
     def _gather(self) -> None:
-        """When a tick would step some stream, wait (at most batch_wait_ms) until every stream that is sending
-        has input that completes its next step, so that one step serves them all instead of one step each: on
-        a CPU the fixed cost of a step dominates. Clients' chunks are shorter than a step (40 ms chunks, 80 ms
-        steps at `balanced`) and out of phase: counting whole steps, not messages, groups the steps that fall
-        within the wait. Input short of a step goes to the engines at once (nothing to wait for).
+        """Wait (at most batch_wait_ms) until every stream that is sending has input pending, so that one step
+        serves them all instead of one step each: on a CPU the fixed cost of a step dominates.
 
-        A stream that is ready stays so until the tick takes its input, so each wake-up (one per push) skips
-        the streams already seen ready instead of scanning them all again: O(streams) per gather, not
+        A stream that has input stays so until the tick takes it, so each wake-up (one per push) skips the
+        streams already seen with input instead of scanning them all again: O(streams) per gather, not
         O(streams x pushes). (Only `close` takes input away; a stream closed meanwhile is not waited for.)"""
         deadline = time.monotonic() + self.batch_wait_s
         with self._cond:
-            if not any(ready(st, CODEC_RATE) for st in self._streams.values()):
-                return
             candidates = deque(self._streams.values())
             while not self._stopping:
                 now = time.monotonic()
-                while candidates and not awaited(candidates[0], now, CODEC_RATE):
+                while candidates and not awaited(candidates[0], now):
                     candidates.popleft()
                 if not candidates or now >= deadline:
                     return

@@ -128,8 +128,6 @@ class TickRunner:
             if enc is None:
                 raise RuntimeError(f"building the {preset!r} engine failed: {error}") from error
             reset_stream(enc, dec, st)
-            if st.enc_slot is not None:  # what the batch gathering counts to (see inputs.ready)
-                st.step16 = int(getattr(enc, "step_frames", 0) * getattr(enc, "frame_size", 0))
             info = outputs.stream_info(self.model.config, enc, dec, st)
         except Exception as exc:
             log.exception("opening stream %d failed", st.sid)
