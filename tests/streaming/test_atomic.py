@@ -84,3 +84,22 @@ def test_atomic_rejects_bad_slots_before_any_change(tiny_model):
     with pytest.raises(ValueError, match="slot must be an integer"):
         with enc.atomic([0, 5]):
             pass
+
+
+def test_atomic_copies_the_state_only_when_a_step_writes_it(tiny_model, speech):
+    """A server tick mostly only buffers input (chunks shorter than a step): no state copy then, and an error
+    still gives the buffered input back; the first step inside copies the rows once."""
+    enc = tiny_model.streaming_encoder(batch_size=2, latency="balanced")
+    step = enc.step_frames * enc.frame_size
+    gathers = []
+    real_gather = enc.bank.gather
+    enc.bank.gather = lambda rows: gathers.append(rows) or real_gather(rows)
+    x = speech[0]
+    with pytest.raises(RuntimeError, match="after buffering"), enc.atomic([0, 1]):
+        assert enc.step_slots({0: x[: step // 2]})[0].shape[-1] == 0  # half a step: buffered, no step
+        raise RuntimeError("after buffering")
+    assert gathers == [] and enc.pending[0].numel() == 0  # nothing copied; the buffered input given back
+    with enc.atomic([0, 1]):
+        enc.step_slots({0: x[: 3 * step]})  # three steps: the bank rows are saved once, before the first
+    rows = [g.tolist() for g in gathers]
+    assert rows.count([0, 1]) == 1 and len(rows) == 1 + 3  # the save once, and each step's gather of its row

@@ -84,6 +84,9 @@ class SlotEngine:
         self.compile_mode = resolve_compile(compile, self.device)
         self._step_fn: Callable | None = None
         self.steps = 0  # static steps run (all rows of a bucket count once)
+        # inside `atomic`: its rows, and their bank state as it was, saved by the first step that writes it
+        self._undo_rows: torch.Tensor | None = None
+        self._undo_bank: dict[str, torch.Tensor] | None = None
         self.bank: StateBank
 
     # ---- slots ------------------------------------------------------------------------------------
@@ -104,6 +107,7 @@ class SlotEngine:
     @torch.inference_mode()  # the states are inference tensors once a step ran
     def reset(self, slot: int | None = None) -> None:
         """Start a fresh session in `slot` (None: every slot); the other slots keep running untouched."""
+        self._before_write()
         if slot is None:
             rows = np.arange(self.batch_size)
             self.bank.reset(None)
@@ -119,11 +123,13 @@ class SlotEngine:
     def atomic(self, slots: Iterable[int]) -> Iterator[None]:
         """Everything inside runs all or nothing for `slots`: if it raises, their state (bank rows and host
         counters) goes back to what it was on entry, so the same input can be given again. Costs one copy of
-        those rows' state."""
+        those rows' state, made by the first step inside that writes the bank: none when no step runs (a
+        server's tick mostly only buffers input: clients' chunks are shorter than a step)."""
         rows = np.array(sorted({self._slot(s) for s in slots}), dtype=np.int64)
+        if self._undo_rows is not None:
+            raise RuntimeError("atomic blocks do not nest")
         with torch.inference_mode():  # the bank holds inference tensors once a step ran
             rows_t = torch.from_numpy(rows).to(self.device)
-            saved_bank = self.bank.gather(rows_t) if len(rows) else {}
             saved = {}
             for name in self.row_fields:
                 value = getattr(self, name)
@@ -133,12 +139,13 @@ class SlotEngine:
                     saved[name] = value[torch.from_numpy(rows)].clone()
                 else:
                     saved[name] = value[rows].copy()
+        self._undo_rows, self._undo_bank = (rows_t if len(rows) else None), None
         try:
             yield
         except BaseException:
             with torch.inference_mode():
-                if len(rows):
-                    self.bank.scatter(rows_t, saved_bank)
+                if self._undo_bank is not None:
+                    self.bank.scatter(self._undo_rows, self._undo_bank)
                 for name, value in saved.items():
                     target = getattr(self, name)
                     if isinstance(target, list):
@@ -147,6 +154,13 @@ class SlotEngine:
                     else:
                         target[torch.from_numpy(rows) if torch.is_tensor(target) else rows] = value
             raise
+        finally:
+            self._undo_rows = self._undo_bank = None
+
+    def _before_write(self) -> None:
+        """Inside `atomic`, before the first write to the bank: save its rows as they are."""
+        if self._undo_rows is not None and self._undo_bank is None:
+            self._undo_bank = self.bank.gather(self._undo_rows)
 
     def _reset_rows(self, rows: np.ndarray) -> None:
         """Engine-specific counters of `rows` back to a fresh session."""
@@ -293,6 +307,7 @@ class SlotEngine:
         pos_t = torch.from_numpy(pos).to(self.device)
         end_t = torch.from_numpy(np.ascontiguousarray(end)).to(self.device)
         out, new = self._call(self.step_function(), inputs, state, pos_t, end_t, masking)
+        self._before_write()
         if idx is None:
             for k, t in self.bank.tensors.items():
                 t[:b].copy_(new[k])
