@@ -131,8 +131,10 @@ class StreamingDecoder(SlotEngine):
         parts = [self._as_codes(chunks[s], 2) for s in chunks]
         for s, c in zip(slots, parts, strict=True):
             if c.shape[1]:
-                full = torch.zeros(self.num_quantizers, c.shape[1], dtype=torch.long)
-                full[: c.shape[0]] = c
+                full = c
+                if c.shape[0] < self.num_quantizers:  # fewer quantizers: the rest are never read (n_q)
+                    full = torch.zeros(self.num_quantizers, c.shape[1], dtype=torch.long)
+                    full[: c.shape[0]] = c
                 self.pending[s] = torch.cat([self.pending[s], full], dim=1)
                 self.pending_q[s] = np.concatenate([self.pending_q[s], np.full(c.shape[1], c.shape[0])])
         return self._drain(sorted(slots), flushing=False)

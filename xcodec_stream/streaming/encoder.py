@@ -204,7 +204,9 @@ class StreamingEncoder(SlotEngine):
         return [x]
 
     def _join(self, r: int, parts: list[torch.Tensor]) -> torch.Tensor:
-        codes = torch.cat(parts, dim=-1) if parts else torch.zeros(self.max_n_q, 0, dtype=torch.long)
+        if not parts:  # most calls of a server's tick only buffer input
+            return torch.zeros(self.n_q_slot[r], 0, dtype=torch.long)
+        codes = parts[0] if len(parts) == 1 else torch.cat(parts, dim=-1)
         return codes[: self.n_q_slot[r]].contiguous()
 
     def _advance(self, rows: np.ndarray, x: torch.Tensor) -> list[torch.Tensor]:
