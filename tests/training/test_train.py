@@ -11,7 +11,7 @@ import soundfile as sf
 import torch
 
 from xcodec_stream import XcodecConfig, XcodecModel
-from xcodec_stream.model.layers import snake
+from xcodec_stream.model.layers import Snake1d, snake
 from xcodec_stream.model.random_init import calibration_signal
 from xcodec_stream.training.recipe import TrainConfig, speech_small_config
 from xcodec_stream.training.trainer import CURVES_NAME, LOG_NAME, STATE_NAME, Trainer
@@ -56,6 +56,24 @@ def test_snake_training_path_equals_inference_path():
     assert torch.allclose(y, expected, atol=1e-6)
     y.sum().backward()  # the inference path's in-place ops would make this raise
     assert alpha_g.grad is not None and torch.isfinite(alpha_g.grad).all()
+
+
+def test_snake_follows_an_optimizer_step_between_evaluations():
+    """Snake1d keeps 1/(alpha + 1e-9) between calls without grad (streaming steps); an in-place update of
+    alpha (an optimizer step during training, then an evaluation under no_grad) must not leave it stale."""
+    m = Snake1d(4)
+    x = torch.randn(2, 4, 50)
+    with torch.no_grad():
+        m.alpha.copy_(torch.rand(1, 4, 1) + 0.5)
+        first = m(x)
+        assert torch.equal(first, snake(x, m.alpha))
+        m.alpha.mul_(2.0)  # as an optimizer step does: same storage, new values
+        second = m(x)
+    assert torch.equal(second, snake(x, m.alpha.detach()))
+    assert not torch.equal(first, second)
+    with torch.inference_mode():  # inference tensors have no version counter: still computed once
+        m2 = Snake1d(4)
+        assert torch.equal(m2(x), snake(x, m2.alpha))
 
 
 def test_ema_vq_moves_codes_to_cluster_means_and_reseeds_dead_ones():

@@ -134,6 +134,8 @@ class StreamGraph:
         for node in chain.nodes():  # kernels as matrices, computed now (not inside a compiled step)
             if hasattr(node, "matrix"):
                 node.matrix()
+            if isinstance(getattr(node, "module", None), Snake1d):
+                node.module.inverse()
         keys = [n.key for n in chain.nodes() if n.key in templates]
         if len(set(keys)) != len(keys):
             raise ValueError("two streaming layers share a state key")

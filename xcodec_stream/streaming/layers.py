@@ -229,7 +229,7 @@ class Conv(StreamNode):
         need = (n_out - 1) * self.stride + self.span
         if cat.shape[-1] < need:  # speculative outputs read the offline zero padding past the end
             cat = F.pad(cat, (0, need - cat.shape[-1]))
-        y = self._conv(cat[..., :need], n_out)
+        y = self._conv(cat if cat.shape[-1] == need else cat[..., :need], n_out)
         if not st.masking:  # lengths only matter to the masks
             return y, n
         n = self.out_len(n)
@@ -420,7 +420,9 @@ class Chain(StreamNode):
     def step(self, x, n, state, new, st):
         for node in self.children:
             if st.speculate and node.reads is not None:
-                x = x[..., : st.frames * node.in_rate + node.reads]  # a view: what later layers use
+                cut = st.frames * node.in_rate + node.reads
+                if x.shape[-1] > cut:  # a view: what later layers use (no call when it is all of x)
+                    x = x[..., :cut]
             x, n = node.step(x, n, state, new, st)
         return x, n
 
