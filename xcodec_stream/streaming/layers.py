@@ -385,9 +385,10 @@ class Delay(StreamNode):
             return y.add_(x[..., : y.shape[-1]])
         old = state[self.key]
         new[self.key] = x[..., k - d : k] if k >= d else torch.cat([old[..., k:], x[..., :k]], dim=-1)
-        y[..., :d] += old[..., : y.shape[-1]]
+        # add_ on the views: `y[...] += v` also calls copy_ of each view onto itself (Python's setitem)
+        y[..., :d].add_(old[..., : y.shape[-1]])
         if y.shape[-1] > d:
-            y[..., d:] += x[..., : y.shape[-1] - d]
+            y[..., d:].add_(x[..., : y.shape[-1] - d])
         return y
 
 
