@@ -41,7 +41,7 @@ class Snake1d(nn.Module):
         return snake(x, self.alpha, self.inverse())
 
     def inverse(self) -> torch.Tensor:
-        """1/(alpha + 1e-9), computed once (`StreamGraph` prepares it before any compiled step)."""
+        """1/(alpha + 1e-9), computed once (streaming graphs prepare it before any compiled step)."""
         return derived(self._cache, "inverse", self.alpha, lambda a: (a + 1e-9).reciprocal())
 
 

@@ -131,11 +131,8 @@ class StreamGraph:
         self.spec_out = spec
         # frames after which no node emits an output before time 0 any more
         self.warmup = max([0] + [-(n.out_offset // n.out_rate) for n in chain.nodes() if n.out_offset < 0])
-        for node in chain.nodes():  # kernels as matrices, computed now (not inside a compiled step)
-            if hasattr(node, "matrix"):
-                node.matrix()
-            if isinstance(getattr(node, "module", None), Snake1d):
-                node.module.inverse()
+        for node in chain.nodes():  # weight-derived tensors, computed now (not inside a compiled step)
+            node.prepare()
         keys = [n.key for n in chain.nodes() if n.key in templates]
         if len(set(keys)) != len(keys):
             raise ValueError("two streaming layers share a state key")

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from xcodec_stream.model.layers import derived
+from xcodec_stream.model.layers import Snake1d, derived
 
 # Calls with at most this many outputs per conv use an im2col matmul instead of conv1d (faster on CPU
 # when the weights are large and the time axis short).
@@ -99,6 +99,10 @@ class StreamNode:
         self.spec_out = min(self.spec_out, need)
         return self.spec_out
 
+    def prepare(self) -> None:
+        """Compute the node's weight-derived tensors now (`StreamGraph` calls it once bound): a compiled step
+        reads them as they are, since dynamo cannot trace their cache check."""
+
     def step(
         self, x: torch.Tensor, n: torch.Tensor, state: State, new: State, st: Step
     ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -152,6 +156,10 @@ class Pointwise(StreamNode):
         y = self.module(x)
         return (y if self.zero_preserving else self._mask(y, n, st)), n
 
+    def prepare(self):
+        if isinstance(self.module, Snake1d):
+            self.module.inverse()
+
     def constant(self, value):
         param = next(self.module.parameters(), value)
         return self.module(value[None, :, None].to(param.dtype))[0, :, 0].float()
@@ -185,7 +193,7 @@ class Conv(StreamNode):
         self._cache: dict = {}  # prepared kernels (`derived`)
 
     def matrix(self) -> torch.Tensor:
-        """The kernel as (k * C_in, C_out) for the im2col path (computed once; `StreamGraph` prepares it)."""
+        """The kernel as (k * C_in, C_out) for the im2col path (computed once; `prepare` makes it)."""
         return derived(
             self._cache,
             "matrix",
@@ -211,9 +219,12 @@ class Conv(StreamNode):
         return max((n + 2 * self.padding - self.span) // self.stride + 1, 0)
 
     def trim(self, need):
-        self.spec_out = min(self.spec_out, need)
+        spec = super().trim(need)
         # the window of the last output ends `span` after its start; the kept buffer precedes the input
-        return max(0, (self.spec_out - 1) * self.stride + self.span - self.buffer)
+        return max(0, (spec - 1) * self.stride + self.span - self.buffer)
+
+    def prepare(self):
+        self.matrix()
 
     def out_len(self, n):
         return ((n + 2 * self.padding - self.span).div(self.stride, rounding_mode="floor") + 1).clamp(min=0)
@@ -307,8 +318,10 @@ class ConvTranspose(StreamNode):
         return (n - 1) * self.stride - 2 * self.padding + self.kernel + self.output_padding if n > 0 else 0
 
     def trim(self, need):
-        self.spec_out = min(self.spec_out, need)
-        return -(-self.spec_out // self.stride)  # input i reaches outputs up to block i (see `step`)
+        return -(-super().trim(need) // self.stride)  # input i reaches outputs up to block i (see `step`)
+
+    def prepare(self):
+        self.matrix()
 
     def out_len(self, n):
         full = (n - 1) * self.stride - 2 * self.padding + self.kernel + self.output_padding
