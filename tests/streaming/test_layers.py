@@ -207,3 +207,69 @@ def test_trimmed_speculation_computes_only_what_the_output_reads(which, lookahea
             torch.testing.assert_close(outs[1], outs[0], atol=1e-12, rtol=0)
             for k in states[0]:
                 torch.testing.assert_close(states[1][k], states[0][k], atol=0, rtol=0)
+
+
+def _count_conv_outputs(graph: StreamGraph) -> list[int]:
+    """Wraps every conv of `graph` to add the outputs it computes to the returned counter."""
+    counter = [0]
+    for node in graph.chain.nodes():
+        if isinstance(node, Conv):
+            conv = node._conv
+
+            def counted(cat, n_out, conv=conv):
+                counter[0] += n_out
+                return conv(cat, n_out)
+
+            node._conv = counted
+    return counter
+
+
+@pytest.mark.parametrize(
+    "which, lookahead, K",
+    [
+        ("decoder", 0, 3),  # kept outputs all in the tail: split in two calls
+        ("decoder", 5, 1),
+        ("decoder", 9, 3),  # the kept outputs start among the committed ones: one call, front skipped
+        ("encoder", 3, 4),
+        ("encoder", 27, 3),
+    ],
+)
+def test_kept_outputs_compute_only_what_they_and_the_next_state_read(which, lookahead, K):
+    """`keep(first, K)`: every step's kept outputs and new state equal the plain speculative graph's, from the
+    stream's start (warm-up masks) over several steps, and the convs compute fewer outputs."""
+    torch.manual_seed(3)
+    if which == "encoder":
+        make, rate, x = lambda: AcousticEncoder(4, (8, 5, 4, 2), 8), 320, torch.randn(2, 1, 6 * K * 320)
+    else:
+        make, rate, x = lambda: AcousticDecoder(8, 16, (8, 5, 4, 2)), 1, torch.randn(2, 8, 6 * K)
+    module = liven(make()).double()
+    full, kept = (StreamGraph(chain_from_module(module), rate) for _ in range(2))
+    first = full.delay - lookahead * full.out_rate
+    n = K * full.out_rate
+    kept.keep(first, K)
+    assert (kept.split is not None) == (first >= n)
+    counts = [_count_conv_outputs(g) for g in (full, kept)]
+    x = x.double()
+    states = [g.init_state(2, x.device, x.dtype) for g in (full, kept)]
+    with torch.no_grad():
+        for i in range(6):
+            pos = torch.full((2,), i * K)
+            stop = pos + K  # the signal taken to end where the input stops
+            chunk = x[..., i * K * rate : (i + 1) * K * rate]
+            y, states[0] = full.step(chunk, states[0], pos, stop, speculate=True)
+            got, states[1] = kept.step_kept(chunk, states[1], pos, stop)
+            torch.testing.assert_close(got, y[..., first : first + n], atol=1e-10, rtol=1e-12)
+            assert states[1].keys() == states[0].keys()
+            for k in states[0]:  # (computed over other lengths: the same up to rounding)
+                torch.testing.assert_close(states[1][k], states[0][k], atol=1e-10, rtol=1e-12)
+    assert counts[1][0] < counts[0][0]
+
+
+def test_kept_calls_need_a_plan():
+    graph = StreamGraph(chain_from_module(liven(AcousticDecoder(8, 16, (8, 5, 4, 2)))), 1)
+    state = graph.init_state(1, torch.device("cpu"), torch.float32)
+    pos, end = torch.zeros(1, dtype=torch.long), torch.full((1,), OPEN_END)
+    with pytest.raises(RuntimeError, match="keep"):
+        graph.step_kept(torch.zeros(1, 8, 2), state, pos, end)
+    with pytest.raises(ValueError, match="speculate=True"):
+        graph.step(torch.zeros(1, 8, 0), state, pos, end, frames=0)

@@ -49,8 +49,8 @@ class StreamingDecoder(SlotEngine):
             opts.decoder_lookahead is not None and opts.decoder_lookahead * hop < self.graph.delay
         )
         self.lag_samples = opts.decoder_lookahead * hop if self.speculative else self.graph.delay
-        if self.speculative:  # the step emits the tail's first `delay - lag` samples only
-            self.graph.trim(self.graph.delay - self.lag_samples)
+        if self.speculative:  # the step emits K * hop samples ending `delay - lag` into the tail
+            self.graph.keep(self.graph.delay - self.lag_samples, self.step_frames)
         self.bank = StateBank(batch_size, self.graph.templates, self.device, self.dtype)
         self.num_quantizers = model.config.num_quantizers
         self.codebook_size = model.config.codebook_size
@@ -221,7 +221,7 @@ class StreamingDecoder(SlotEngine):
         masking: bool = True,
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The static step: codes (b, Q, K), n_q (b, K) -> samples (b, K * hop) from time pos*hop - lag."""
-        K, hop = self.step_frames, self.frame_size
+        K = self.step_frames
         embed = self.model.quantizer.embed  # (Q, codebook, D)
         total = None
         for q in range(self.num_quantizers):  # in order, as offline dequantize sums them
@@ -232,8 +232,8 @@ class StreamingDecoder(SlotEngine):
         if masking:
             latent = latent * time_mask(pos, K, end).to(latent.dtype)
         stop = torch.minimum(pos + K, end) if self.speculative else end  # speculating: the codes end here
-        y, new = self.graph.step(
-            latent, state, pos, stop, frames=K, speculate=self.speculative, masking=masking
-        )
-        first = self.graph.delay - self.lag_samples  # output j has time pos * hop - delay + j
-        return y[:, 0, first : first + K * hop], new
+        if self.speculative:  # outputs from time pos * hop - lag
+            y, new = self.graph.step_kept(latent, state, pos, stop, masking=masking)
+            return y[:, 0], new
+        y, new = self.graph.step(latent, state, pos, stop, frames=K, masking=masking)
+        return y[:, 0], new  # exact: the outputs of the committed frames, from time pos * hop - delay

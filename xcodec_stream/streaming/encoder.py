@@ -65,8 +65,8 @@ class StreamingEncoder(SlotEngine):
             opts.acoustic_lookahead is not None and opts.acoustic_lookahead < self.acoustic.delay
         )
         self.acoustic_lag = opts.acoustic_lookahead if self.speculative else self.acoustic.delay
-        if self.speculative:  # the step uses the tail's first `delay - lag` latents only
-            self.acoustic.trim(self.acoustic.delay - self.acoustic_lag)
+        if self.speculative:  # the step uses K latents ending `delay - lag` into the tail
+            self.acoustic.keep(self.acoustic.delay - self.acoustic_lag, self.step_frames)
         self.semantic = SemanticStream(
             model, K, opts.semantic_left_context, opts.semantic_lookahead, cache=opts.semantic_cache
         )
@@ -239,12 +239,12 @@ class StreamingEncoder(SlotEngine):
         p = pos + K
         # speculating, the signal is taken to end where the input stops: the acoustic lookahead's guess
         stop = torch.minimum(p, end) if self.speculative else end
-        y, a_new = self.acoustic.step(
-            x[:, None], state, pos, stop, frames=K, speculate=self.speculative, masking=masking
-        )
+        if self.speculative:  # latents of frames from pos - lag on
+            lat, a_new = self.acoustic.step_kept(x[:, None], state, pos, stop, masking=masking)
+        else:  # exact: latents of the committed frames, from frame pos - delay
+            lat, a_new = self.acoustic.step(x[:, None], state, pos, stop, frames=K, masking=masking)
         new.update(a_new)
-        first = self.acoustic.delay - self.acoustic_lag  # output j has frame time pos - delay + j
-        lat_a = self._wait(y[..., first : first + K], state, new, "ring.acoustic")
+        lat_a = self._wait(lat, state, new, "ring.acoustic")
         lat_s = self._wait(self.semantic.step(x, state, new, pos, end, masking), state, new, "ring.semantic")
         emb = self.model.encode_latent(lat_a, lat_s)
         return self.model.quantize(emb, self.max_n_q), new

@@ -18,7 +18,12 @@ input with zeros as far as it needs (the offline zero padding) and computes a st
 outputs (`spec_out`, fixed at bind time: only those that can be non-zero). The state only ever takes the
 committed part: speculation writes no state. `trim(need)`, run backwards from the graph's output once bound,
 cuts each layer's speculative outputs to those the layers after it read (a tail the output does not reach
-is not computed at all).
+is not computed at all). `skip(first, frames)` is its mirror at the front, planned per call size: a call of
+`frames` frames computes each layer's outputs from where the layers after it (and, committing, its own next
+state) start reading, so that the graph returns its outputs from `first` on. A call of 0 frames commits
+nothing and computes the speculative tail alone, from a state that a committed call just wrote: a caller
+that keeps only the tail's far end (a lookahead shorter than the delay) runs a committed call that computes
+no more than the next state reads, then such a call that computes no more than the far end reads.
 
 State: every stateful layer owns one tensor, named by the layer's `key` (its module path), with a leading
 batch dimension; a graph's state is a `dict[str, Tensor]`, never a module buffer. `STREAM_LAYERS` maps
@@ -63,6 +68,8 @@ class Step:
     masking: bool = True
     """False when no row is within its warm-up (outputs before time 0) or past a real end: the masks are all
     ones then (a speculative tail has exactly the outputs that can be non-zero), so they are skipped."""
+    skipping: bool = False
+    """Nodes follow their `skip` plan for calls of `frames` frames (first input given, first output)."""
 
 
 def time_mask(t0: torch.Tensor, n: int, length: torch.Tensor) -> torch.Tensor:
@@ -81,6 +88,7 @@ class StreamNode:
     out_offset: int = 0
     spec_out: int = 0
     reads: int | None = None  # speculative inputs the node reads, once its chain is trimmed (None: all)
+    skips: dict[int, tuple[int, int]] | None = None  # frames -> (first input read, first output computed)
 
     def bind(self, in_offset: int, in_rate: int, spec_in: int, states: State) -> tuple[int, int, int]:
         """Fix timing for an input whose first streamed sample has time `in_offset` (at pos 0), `in_rate`
@@ -98,6 +106,26 @@ class StreamNode:
         Pointwise layers: as many inputs as outputs."""
         self.spec_out = min(self.spec_out, need)
         return self.spec_out
+
+    def skip(self, first: int, frames: int) -> int:
+        """Calls of `frames` frames compute the outputs from index `first` on (after `bind`); returns the first
+        input index the node then reads, its next state included (none when `frames` is 0: such a call writes
+        no state). Pointwise layers: the same index."""
+        return self._plan(frames, first, first)
+
+    def _plan(self, frames: int, first_in: int, first_out: int) -> int:
+        if self.skips is None:
+            self.skips = {}
+        self.skips[frames] = (first_in, first_out)
+        return first_in
+
+    def _reads_from(self, first: int, frames: int, per_out: int) -> int:
+        """First input index that output `first` (its window starting at input `first * per_out` of the kept
+        inputs and the call's) and the next state read: committing, the state reads the last `_held` inputs."""
+        start = first * per_out if not frames else min(first * per_out, frames * self.in_rate)
+        return max(0, start - self._held)
+
+    _held = 0  # inputs held from one call to the next (they precede the call's first input)
 
     def prepare(self) -> None:
         """Compute the node's weight-derived tensors now (`StreamGraph` calls it once bound): a compiled step
@@ -120,10 +148,14 @@ class StreamNode:
     def _n_out(self, st: Step) -> int:
         return st.frames * self.out_rate + (self.spec_out if st.speculate else 0)
 
+    def _first(self, st: Step) -> tuple[int, int]:
+        """(first input given, first output computed) of this call (0, 0 unless skipping)."""
+        return self.skips.get(st.frames, (0, 0)) if st.skipping and self.skips else (0, 0)
+
     def _mask(self, y: torch.Tensor, n_len: torch.Tensor, st: Step) -> torch.Tensor:
         if not st.masking:
             return y
-        t0 = self.out_offset + st.pos * self.out_rate
+        t0 = self.out_offset + st.pos * self.out_rate + self._first(st)[1]
         return y * time_mask(t0, y.shape[-1], n_len).to(y.dtype)
 
     def _spec(self, n_len: Callable[[int], int], in_offset: int, in_rate: int, spec_in: int) -> int:
@@ -223,6 +255,14 @@ class Conv(StreamNode):
         # the window of the last output ends `span` after its start; the kept buffer precedes the input
         return max(0, (spec - 1) * self.stride + self.span - self.buffer)
 
+    @property
+    def _held(self):
+        return self.buffer
+
+    def skip(self, first, frames):
+        # output j's window starts at input j * stride - buffer
+        return self._plan(frames, self._reads_from(first, frames, self.stride), first)
+
     def prepare(self):
         self.matrix()
 
@@ -230,17 +270,23 @@ class Conv(StreamNode):
         return ((n + 2 * self.padding - self.span).div(self.stride, rounding_mode="floor") + 1).clamp(min=0)
 
     def step(self, x, n, state, new, st):
-        if self.buffer:
+        first_in, first = self._first(st)
+        if self.buffer and not first_in:
             cat = torch.cat([state[self.key], x], dim=-1)
-            k = st.frames * self.in_rate
+            base = 0  # input i of the call is cat[buffer + i]
+        else:  # skipping past the kept inputs: the call's own inputs hold the next state
+            cat, base = x, first_in + self.buffer
+        if self.buffer and st.frames:
+            k = st.frames * self.in_rate - base
             new[self.key] = cat[..., k : k + self.buffer]
-        else:
-            cat = x
-        n_out = self._n_out(st)
-        need = (n_out - 1) * self.stride + self.span
+        n_out = self._n_out(st) - first
+        if n_out <= 0:  # a committing call that only writes the state
+            return cat.new_zeros(cat.shape[0], self.module.out_channels, 0), n
+        start = first * self.stride - base
+        need = start + (n_out - 1) * self.stride + self.span
         if cat.shape[-1] < need:  # speculative outputs read the offline zero padding past the end
             cat = F.pad(cat, (0, need - cat.shape[-1]))
-        y = self._conv(cat if cat.shape[-1] == need else cat[..., :need], n_out)
+        y = self._conv(cat if start == 0 and cat.shape[-1] == need else cat[..., start:need], n_out)
         if not st.masking:  # lengths only matter to the masks
             return y, n
         n = self.out_len(n)
@@ -320,6 +366,12 @@ class ConvTranspose(StreamNode):
     def trim(self, need):
         return -(-super().trim(need) // self.stride)  # input i reaches outputs up to block i (see `step`)
 
+    def skip(self, first, frames):
+        # output j receives inputs j // stride - (blocks - 1) .. j // stride; so does the next state (the
+        # outputs from the committed inputs' end on)
+        start = first // self.stride if not frames else min(first // self.stride, frames * self.in_rate)
+        return self._plan(frames, max(0, start - (self.blocks - 1)), first)
+
     def prepare(self):
         self.matrix()
 
@@ -339,23 +391,30 @@ class ConvTranspose(StreamNode):
 
     def step(self, x, n, state, new, st):
         s, c_out, m = self.stride, self.module.out_channels, self.blocks
-        k_in = st.frames * self.in_rate
+        i0, first = self._first(st)  # x starts at input i0; outputs from `first` on
+        k_in = max(0, st.frames * self.in_rate - i0)  # committed inputs given
         n_out = self._n_out(st)
         # speculative inputs that can reach the emitted outputs (the rest would only feed the tail)
-        n_in = min(x.shape[-1], k_in + (-(-self.spec_out // s) if st.speculate else 0))
+        n_in = min(
+            x.shape[-1], st.frames * self.in_rate - i0 + (-(-self.spec_out // s) if st.speculate else 0)
+        )
         taps = (x[..., :n_in].transpose(1, 2) @ self.matrix()).view(x.shape[0], n_in, c_out, m, s)
-        y = self._overlap(taps[:, :k_in])  # (b, C, (k_in + m - 1) * s)
+        y = self._overlap(taps[:, :k_in])  # (b, C, (k_in + m - 1) * s), times from i0 * s on
         if self.tail:
-            y = torch.cat([y[..., : self.tail] + state[self.key], y[..., self.tail :]], dim=-1)
-            new[self.key] = y[..., k_in * s : k_in * s + self.tail]
+            if not i0:  # (skipping past the first blocks: the kept tail reaches no output computed)
+                y = torch.cat([y[..., : self.tail] + state[self.key], y[..., self.tail :]], dim=-1)
+            if st.frames:
+                new[self.key] = y[..., k_in * s : k_in * s + self.tail]
+        if n_out <= first:  # a committing call that only writes the state
+            return y[..., :0], n
         if n_in > k_in:
-            spec = self._overlap(taps[:, k_in:])  # times from k_in * s on
+            spec = self._overlap(taps[:, k_in:])  # times from (i0 + k_in) * s on
             y = torch.cat(
                 [y[..., : k_in * s], y[..., k_in * s :] + spec[..., : self.tail], spec[..., self.tail :]], -1
             )
-        y = y[..., :n_out]
-        if y.shape[-1] < n_out:
-            y = F.pad(y, (0, n_out - y.shape[-1]))
+        y = y[..., first - i0 * s : n_out - i0 * s]
+        if y.shape[-1] < n_out - first:
+            y = F.pad(y, (0, n_out - first - y.shape[-1]))
         if self.module.bias is not None:
             y = y + self.module.bias[:, None]
         if not st.masking:  # lengths only matter to the masks
@@ -390,18 +449,33 @@ class Delay(StreamNode):
             states[self.key] = torch.zeros(self.channels, self.delay)
         return self.out_offset, in_rate, self.spec_out
 
+    @property
+    def _held(self):
+        return self.delay
+
+    def skip(self, first, frames):
+        # output j is input j - delay
+        return self._plan(frames, self._reads_from(first, frames, 1), first)
+
     def add_to(self, y: torch.Tensor, x: torch.Tensor, state: State, new: State, st: Step) -> torch.Tensor:
         """`y + delayed x` over y's length, in place on `y` (a fresh branch output): the delayed signal is
-        the kept tail then x, so no concatenated copy of x is made (a residual unit's skip path)."""
+        the kept tail then x, so no concatenated copy of x is made (a residual unit's skip path). Skipping,
+        x starts at input `x0` and y at output `first`."""
         d, k = self.delay, st.frames * self.in_rate
+        x0, first = self._first(st)
         if not d:
-            return y.add_(x[..., : y.shape[-1]])
+            return y.add_(x[..., first - x0 : first - x0 + y.shape[-1]])
         old = state[self.key]
-        new[self.key] = x[..., k - d : k] if k >= d else torch.cat([old[..., k:], x[..., :k]], dim=-1)
+        new[self.key] = (
+            x[..., k - d - x0 : k - x0] if k >= d else torch.cat([old[..., k:], x[..., :k]], dim=-1)
+        )
         # add_ on the views: `y[...] += v` also calls copy_ of each view onto itself (Python's setitem)
-        y[..., :d].add_(old[..., : y.shape[-1]])
-        if y.shape[-1] > d:
-            y[..., d:].add_(x[..., : y.shape[-1] - d])
+        head = min(max(0, d - first), y.shape[-1])  # outputs still from the kept tail
+        if head:
+            y[..., :head].add_(old[..., first : first + head])
+        if y.shape[-1] > head:
+            start = first + head - d - x0
+            y[..., head:].add_(x[..., start : start + y.shape[-1] - head])
         return y
 
 
@@ -431,10 +505,16 @@ class Chain(StreamNode):
         self.spec_out = self.children[-1].spec_out
         return need
 
+    def skip(self, first, frames):
+        out = first
+        for node in reversed(self.children):
+            first = node.skip(first, frames)
+        return self._plan(frames, first, out)
+
     def step(self, x, n, state, new, st):
         for node in self.children:
             if st.speculate and node.reads is not None:
-                cut = st.frames * node.in_rate + node.reads
+                cut = st.frames * node.in_rate + node.reads - node._first(st)[0]
                 if x.shape[-1] > cut:  # a view: what later layers use (no call when it is all of x)
                     x = x[..., :cut]
             x, n = node.step(x, n, state, new, st)
@@ -455,31 +535,38 @@ class Residual(StreamNode):
     def __init__(self, branch: Chain, channels: int, key: str = "") -> None:
         self.branch = branch
         self.key = key
-        self.skip = Delay(channels, 0, key=f"{key}.skip")
+        self.shortcut = Delay(channels, 0, key=f"{key}.skip")
 
     def bind(self, in_offset, in_rate, spec_in, states):
-        # bind the branch first to learn its delay, then the skip path with that delay
+        # bind the branch first to learn its delay, then the shortcut with that delay
         self.in_offset, self.in_rate = in_offset, in_rate
         offset, rate, spec = self.branch.bind(in_offset, in_rate, spec_in, states)
         if rate != in_rate:
             raise ValueError("a residual branch must keep the sample rate")
-        self.skip.delay = in_offset - offset
-        self.skip.bind(in_offset, in_rate, spec_in, states)
+        self.shortcut.delay = in_offset - offset
+        self.shortcut.bind(in_offset, in_rate, spec_in, states)
         self.out_offset, self.out_rate, self.spec_out = offset, rate, spec
         return offset, rate, spec
 
     def trim(self, need):
         reads = self.branch.trim(need)
-        self.spec_out = self.skip.spec_out = self.branch.spec_out
-        # the skip adds x to the branch's outputs, `delay` samples later
-        return max(reads, self.spec_out - self.skip.delay)
+        self.spec_out = self.shortcut.spec_out = self.branch.spec_out
+        # the shortcut adds x to the branch's outputs, `delay` samples later
+        return max(reads, self.spec_out - self.shortcut.delay)
+
+    def skip(self, first, frames):
+        x0 = min(self.branch.skip(first, frames), self.shortcut.skip(first, frames))
+        self.shortcut._plan(frames, x0, first)  # the shortcut is handed x as the unit gets it
+        return self._plan(frames, x0, first)
 
     def step(self, x, n, state, new, st):
-        y, _ = self.branch.step(x, n, state, new, st)
-        return self.skip.add_to(y, x, state, new, st), n
+        x0 = self._first(st)[0]
+        b0 = self.branch._first(st)[0]
+        y, _ = self.branch.step(x[..., b0 - x0 :] if b0 > x0 else x, n, state, new, st)
+        return self.shortcut.add_to(y, x, state, new, st), n
 
     def nodes(self):
-        return [self, *self.branch.nodes(), self.skip]
+        return [self, *self.branch.nodes(), self.shortcut]
 
 
 # Module type -> streaming layer (key = the module's path). Residual units and chains are added by graph.py,
