@@ -281,7 +281,8 @@ def run(args: argparse.Namespace) -> int:
     )
     body = "\n".join(
         [
-            f"## Server load: concurrent real-time loopback clients ({args.model}, {args.device}{settings})",
+            f"## Server load: concurrent real-time loopback clients ({args.model}, {args.device}{settings}"
+            + (f", {args.latency})" if args.latency != "balanced" else ")"),
             "",
             f"- Machine: {machine()} (daemon: {engines}, {args.threads or 'the default number of'} torch threads "
             f"each; device reported by the daemon: {health.get('device', '?')})",
@@ -313,6 +314,7 @@ def run(args: argparse.Namespace) -> int:
                 if default
                 else f"serve-load-{args.model.replace(':', '-').replace('/', '-')}-{args.device}"
             )
+            + (f"-{args.latency}" if args.latency != "balanced" else "")
             + (f"-p{args.processes}" if args.processes != 2 else "")
             + (f"-{args.compile}" if args.compile != "eager" else "")
             + (f"-{args.sample_rate // 1000}k" if args.sample_rate != 16000 else "")

@@ -106,7 +106,8 @@ def _loopback(
     """Stream x through encoder and decoder in chunks; returns (step times s, total s, samples out)."""
     enc, dec = _engines(model, preset, compile)
     if parts is not None:
-        parts.wrap(enc.acoustic, "step", "acoustic encoder")
+        # a speculating encoder keeps the tail's end (`step_kept`, which may run the graph's layers directly)
+        parts.wrap(enc.acoustic, "step_kept" if enc.speculative else "step", "acoustic encoder")
         parts.wrap(enc.semantic, "window_hidden", "semantic model windows")
         parts.wrap(enc.semantic, "cached_hidden", "semantic model windows")  # with the key/value cache
         parts.wrap(dec, "_run", "decoder")

@@ -95,8 +95,9 @@ PRESETS: dict[str, StreamingOptions] = {
     ),
     # 100 ms: encoder 3 frames (steps of 2, 2 frames of lookahead), decoder 2 frames of lookahead. Both
     # step every 2 frames: the decoder's steps fall when the encoder's codes arrive, so steps of 2 cost no
-    # latency over steps of 1 in a loopback or a room, and half the speculative tails (each ~8 frames of
-    # decoder work). The semantic model runs every 2 frames (on 4 frames, with the key/value cache).
+    # latency over steps of 1 in a loopback or a room, and half the speculative tails (each step computes
+    # only the tail's outputs that its 2 emitted frames read: `StreamGraph.keep`). The semantic model runs
+    # every 2 frames (on 4 frames, with the key/value cache).
     "low": StreamingOptions(
         acoustic_lookahead=2,
         decoder_lookahead=2,
