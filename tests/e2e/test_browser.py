@@ -118,8 +118,11 @@ async def test_loopback_page_plays_the_codec_output(
     (docs/E2E.md keeps the measured values per preset)."""
     rate = 48000
     clip = padded_clip(rate)
+    # the daemon first: the fake microphone plays from Chromium's launch on, so a daemon that takes long to
+    # start (random:tiny calibrates) made the page record only the clip's end (browser_for has already
+    # skipped if Chromium is missing: no daemon is started for a skipped test)
+    daemon: Daemon = request.getfixturevalue("daemon")
     browser = await browser_for(write_wav(tmp_path / "mic.wav", clip, rate))
-    daemon: Daemon = request.getfixturevalue("daemon")  # after the browser: no daemon for a skipped test
     problems: list[str] = []
     page = await open_page(browser, daemon.http_url + "/", problems)
 
@@ -192,8 +195,8 @@ async def test_room_publish_and_listen_pages(browser_for, request, tmp_path: Pat
     """One page publishes its microphone to a room, a second page (at 44.1 kHz) listens to it."""
     rate, listen_rate = 48000, 44100
     clip = padded_clip(rate)
+    daemon: Daemon = request.getfixturevalue("daemon")  # before the launch, as in the loopback test
     browser = await browser_for(write_wav(tmp_path / "mic.wav", clip, rate))
-    daemon: Daemon = request.getfixturevalue("daemon")
     problems: list[str] = []
     url = daemon.http_url + "/"
     publisher, listener = await open_page(browser, url, problems), await open_page(browser, url, problems)
