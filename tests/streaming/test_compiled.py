@@ -49,6 +49,37 @@ def test_inductor_step_equals_eager(tiny_model, speech):
     assert (audio - ref_audio).abs().max() <= 1e-5
 
 
+@pytest.mark.slow
+def test_only_the_batch_dimension_is_symbolic_across_presets(tiny_model):
+    """A daemon compiles the step of every preset it serves in one process: to dynamo these are one code object,
+    so a second step size would otherwise make the time axis symbolic too (inductor then generated code that
+    referred to an unbound size). Traced with a recording backend: every graph's inputs keep static sizes past
+    the batch dimension."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    shapes = []
+
+    def record(gm, example_inputs):  # the traced inputs' sizes, symbolic ones as torch.SymInt
+        for node in gm.graph.find_nodes(op="placeholder"):
+            value = node.meta.get("example_value")
+            if isinstance(value, torch.Tensor):
+                shapes.append(tuple(value.shape))
+        return gm.forward
+
+    for preset in ("low", "balanced"):
+        for engine in (
+            tiny_model.streaming_encoder(batch_size=2, latency=preset, compile="compile"),
+            tiny_model.streaming_decoder(batch_size=2, latency=preset, compile="compile"),
+        ):
+            engine._step_fn = engine.compiled(record)
+            engine.warm_up()
+    assert shapes
+    symbolic = [s for s in shapes if not all(isinstance(d, int) for d in s[1:])]
+    assert symbolic == []
+    assert any(not isinstance(s[0], int) for s in shapes)  # the batch is (buckets 2 and more share a graph)
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs CUDA (scripts/gpu-check.sh runs it on a GPU)"

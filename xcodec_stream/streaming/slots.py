@@ -247,13 +247,19 @@ class SlotEngine:
         return list(range(1, self.batch_size + 1))
 
     def _call(self, fn: Callable, inputs: list[torch.Tensor], state: dict, pos, end, masking: bool):
-        if self.compile_mode == "compile" and len(pos) > 1:
-            import torch._dynamo
+        if self.compile_mode != "compile":
+            return fn(*inputs, state, pos, end, masking)
+        import torch._dynamo
 
+        if len(pos) > 1:
             # one graph for every row count: the batch dimension is symbolic (a size of 1 stays specialised)
             for t in (*inputs, *state.values(), pos, end):
                 torch._dynamo.mark_dynamic(t, 0)
-        return fn(*inputs, state, pos, end, masking)
+        # and nothing else: every engine's step is one code object to dynamo, so a second preset's engine
+        # (another step size) would otherwise make the time axis symbolic too, where inductor generated code
+        # that referred to an unbound size (NameError at the first call)
+        with torch._dynamo.config.patch(automatic_dynamic_shapes=False):
+            return fn(*inputs, state, pos, end, masking)
 
     def _dummy_inputs(self, batch: int) -> list[torch.Tensor]:
         """Inputs of one step for `batch` rows (zeros): what `warm_up` feeds the step."""
