@@ -129,7 +129,6 @@ class StreamGraph:
         self.out_rate = rate
         self.delay = -offset
         self.spec_out = spec
-        self.skip_plans: set[int] = set()  # call sizes planned by `skip`
         self.kept: tuple[int, int] | None = None  # (first, frames) of `keep`
         self.split: tuple[Chain, Chain] | None = None  # layers run once / twice per kept call (`keep`)
         # frames after which no node emits an output before time 0 any more
@@ -147,17 +146,6 @@ class StreamGraph:
         self.chain.trim(need)
         self.spec_out = self.chain.spec_out
 
-    def skip(self, first: int, frames: int) -> None:
-        """Calls of `frames` frames return their outputs from index `first` on only, and every layer computes
-        only what the layers after it and its next state read (`frames` 0: a speculative call that commits
-        nothing and writes no state). Calls of other sizes compute everything, as before."""
-        self.chain.skip(first, frames)
-        self.skip_plans.add(frames)
-
-    def skip_out(self, frames: int) -> int:
-        """Index of the first output a call of `frames` frames returns (0 unless planned by `skip`)."""
-        return self.chain.skips[frames][1] if frames in self.skip_plans else 0
-
     def keep(self, first: int, frames: int) -> None:
         """Speculative calls of `frames` frames are used for their outputs [first, first + frames * out_rate)
         only (`step_kept`; a lookahead shorter than the delay keeps part of the tail): the tail is trimmed to
@@ -172,18 +160,16 @@ class StreamGraph:
         self.trim(first)
         self.kept = (first, frames)
         self.split = None
-        if first < n:
-            self.skip(first, frames)
-            return
-        nodes = self.chain.children
-        self.chain.skip(first - n, 0)  # plans the tail-only calls of every layer, to find where the gap opens
-        at = next((i for i, node in enumerate(nodes) if node.skips[0][1]), len(nodes))
-        if at == len(nodes):  # nothing to skip: one call
-            return
-        head, tail = Chain(nodes[:at]), Chain(nodes[at:])
-        tail.skip(n, frames)  # committing: only what the next states read
-        self.split = (head, tail)
-        self.skip_plans |= {0, frames}
+        if first >= n:
+            nodes = self.chain.children
+            self.chain.skip(first - n, 0)  # plans the tail-only calls of every layer: where does a gap open?
+            at = next((i for i, node in enumerate(nodes) if node.skips[0][1]), len(nodes))
+            if at < len(nodes):
+                head, tail = Chain(nodes[:at]), Chain(nodes[at:])
+                tail.skip(n, frames)  # committing: only what the next states read
+                self.split = (head, tail)
+                return
+        self.chain.skip(first, frames)  # one call, returning its outputs from `first` on
 
     def step_kept(
         self,
@@ -201,8 +187,7 @@ class StreamGraph:
         n = frames * self.out_rate
         if self.split is None:
             y, new = self.step(x, state, pos, end, frames=frames, speculate=True, masking=masking)
-            off = first - self.skip_out(frames)
-            return y[..., off : off + n], new
+            return y[..., :n], new
         head, tail = self.split
         new: dict[str, torch.Tensor] = {}
         h, lens = head.step(
@@ -210,17 +195,18 @@ class StreamGraph:
             end * self.in_rate,
             state,
             new,
-            Step(frames, pos, speculate=True, masking=masking, skipping=True),
+            Step(frames, pos, speculate=True, masking=masking),
         )
-        k = frames * tail.children[0].in_rate  # committed inputs of the tail layers; then the speculative
-        c0, s0 = tail.skips[frames][0], tail.children[0].skips[0][0]
-        tail.step(h[..., c0:k], lens, state, new, Step(frames, pos, masking=masking, skipping=True))
+        entry = tail.children[0]
+        k = frames * entry.in_rate  # committed inputs of the tail layers; then the speculative ones
+        c0, s0 = entry.skips[frames][0], entry.skips[0][0]  # where each call's plan starts reading them
+        tail.step(h[..., c0:k], lens, state, new, Step(frames, pos, masking=masking))
         y, _ = tail.step(
             h[..., k + s0 :],
             lens,
             {**state, **new},
             {},  # a call of 0 frames writes no state
-            Step(0, pos + frames, speculate=True, masking=masking, skipping=True),
+            Step(0, pos + frames, speculate=True, masking=masking),
         )
         return y[..., :n], new
 
@@ -245,14 +231,14 @@ class StreamGraph:
         commits `frames` (default: all of x) frames. Returns (b, C', K * out_rate [+ spec_out]) and the new
         state (every key). `pos` (b,) int64 frames each row committed before; `end` (b,) int64 each row's
         signal length in frames (OPEN_END while open; when speculating, where the signal is taken to end).
-        Output j of row i has time `pos[i] * out_rate - delay + j` (j from `skip_out(frames)` on). A call
-        of 0 frames returns the speculative tail only and its `new` state is to be dropped. `masking=False` skips the start/end masks
+        Output j of row i has time `pos[i] * out_rate - delay + j` (j from the first output the chain's
+        `skip` plan for `frames` computes, if any). A call of 0 frames returns the speculative tail only and
+        its `new` state is to be dropped. `masking=False` skips the start/end masks
         (allowed once every row is at least `warmup` frames in and none has ended)."""
         k = x.shape[-1] // self.in_rate if frames is None else frames
-        skipping = k in self.skip_plans
         if not k and not speculate:
             raise ValueError("a call of 0 frames computes the speculative tail alone: pass speculate=True")
-        st = Step(frames=k, pos=pos, speculate=speculate, masking=masking, skipping=skipping)
+        st = Step(frames=k, pos=pos, speculate=speculate, masking=masking)
         new: dict[str, torch.Tensor] = {}
         y, _ = self.chain.step(x, end * self.in_rate, state, new, st)
         return y, new

@@ -68,8 +68,6 @@ class Step:
     masking: bool = True
     """False when no row is within its warm-up (outputs before time 0) or past a real end: the masks are all
     ones then (a speculative tail has exactly the outputs that can be non-zero), so they are skipped."""
-    skipping: bool = False
-    """Nodes follow their `skip` plan for calls of `frames` frames (first input given, first output)."""
 
 
 def time_mask(t0: torch.Tensor, n: int, length: torch.Tensor) -> torch.Tensor:
@@ -119,13 +117,13 @@ class StreamNode:
         self.skips[frames] = (first_in, first_out)
         return first_in
 
-    def _reads_from(self, first: int, frames: int, per_out: int) -> int:
-        """First input index that output `first` (its window starting at input `first * per_out` of the kept
-        inputs and the call's) and the next state read: committing, the state reads the last `_held` inputs."""
-        start = first * per_out if not frames else min(first * per_out, frames * self.in_rate)
-        return max(0, start - self._held)
-
-    _held = 0  # inputs held from one call to the next (they precede the call's first input)
+    def _reads_from(self, start: int, frames: int, held: int) -> int:
+        """First input index read by the outputs computed, whose reach starts at input `start` (counted with
+        the `held` inputs kept from the last call in front of the call's own), and, committing, by the next
+        state: the last `held` committed inputs."""
+        if frames:
+            start = min(start, frames * self.in_rate)
+        return max(0, start - held)
 
     def prepare(self) -> None:
         """Compute the node's weight-derived tensors now (`StreamGraph` calls it once bound): a compiled step
@@ -149,8 +147,8 @@ class StreamNode:
         return st.frames * self.out_rate + (self.spec_out if st.speculate else 0)
 
     def _first(self, st: Step) -> tuple[int, int]:
-        """(first input given, first output computed) of this call (0, 0 unless skipping)."""
-        return self.skips.get(st.frames, (0, 0)) if st.skipping and self.skips else (0, 0)
+        """(first input given, first output computed) of this call (0, 0 unless `skip` planned its size)."""
+        return self.skips.get(st.frames, (0, 0)) if self.skips else (0, 0)
 
     def _mask(self, y: torch.Tensor, n_len: torch.Tensor, st: Step) -> torch.Tensor:
         if not st.masking:
@@ -255,13 +253,9 @@ class Conv(StreamNode):
         # the window of the last output ends `span` after its start; the kept buffer precedes the input
         return max(0, (spec - 1) * self.stride + self.span - self.buffer)
 
-    @property
-    def _held(self):
-        return self.buffer
-
     def skip(self, first, frames):
         # output j's window starts at input j * stride - buffer
-        return self._plan(frames, self._reads_from(first, frames, self.stride), first)
+        return self._plan(frames, self._reads_from(first * self.stride, frames, self.buffer), first)
 
     def prepare(self):
         self.matrix()
@@ -369,8 +363,7 @@ class ConvTranspose(StreamNode):
     def skip(self, first, frames):
         # output j receives inputs j // stride - (blocks - 1) .. j // stride; so does the next state (the
         # outputs from the committed inputs' end on)
-        start = first // self.stride if not frames else min(first // self.stride, frames * self.in_rate)
-        return self._plan(frames, max(0, start - (self.blocks - 1)), first)
+        return self._plan(frames, self._reads_from(first // self.stride, frames, self.blocks - 1), first)
 
     def prepare(self):
         self.matrix()
@@ -449,13 +442,9 @@ class Delay(StreamNode):
             states[self.key] = torch.zeros(self.channels, self.delay)
         return self.out_offset, in_rate, self.spec_out
 
-    @property
-    def _held(self):
-        return self.delay
-
     def skip(self, first, frames):
         # output j is input j - delay
-        return self._plan(frames, self._reads_from(first, frames, 1), first)
+        return self._plan(frames, self._reads_from(first, frames, self.delay), first)
 
     def add_to(self, y: torch.Tensor, x: torch.Tensor, state: State, new: State, st: Step) -> torch.Tensor:
         """`y + delayed x` over y's length, in place on `y` (a fresh branch output): the delayed signal is
