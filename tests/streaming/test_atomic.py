@@ -92,8 +92,8 @@ def test_atomic_copies_the_state_only_when_a_step_writes_it(tiny_model, speech):
     enc = tiny_model.streaming_encoder(batch_size=2, latency="balanced")
     step = enc.step_frames * enc.frame_size
     gathers = []
-    real_gather = enc.bank.gather
-    enc.bank.gather = lambda rows: gathers.append(rows) or real_gather(rows)
+    real_take = enc.bank.take
+    enc.bank.take = lambda rows: gathers.append(rows) or real_take(rows)
     x = speech[0]
     with pytest.raises(RuntimeError, match="after buffering"), enc.atomic([0, 1]):
         assert enc.step_slots({0: x[: step // 2]})[0].shape[-1] == 0  # half a step: buffered, no step

@@ -15,7 +15,7 @@ def _capture(engine, backend: str) -> None:
     import torch._dynamo
 
     torch._dynamo.reset()
-    engine._step_fn = torch.compile(engine._core, backend=backend, fullgraph=True, dynamic=False)
+    engine._step_fn = torch.compile(engine._flat_core, backend=backend, fullgraph=True, dynamic=False)
 
 
 def _loopback(model, preset: str, speech: torch.Tensor, backend: str | None, batch: int = 2):

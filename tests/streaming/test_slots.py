@@ -128,3 +128,31 @@ def test_set_bandwidth_is_per_slot(tiny_model, speech):
         enc.reset()
         enc.set_bandwidth(1, 0.5)
         enc.step(torch.zeros(2, 320))
+
+
+def test_state_bank_is_one_flat_buffer_per_dtype(tiny_model):
+    """The named states are views of one buffer per dtype: a step's rows move with one copy per dtype, and
+    take -> views -> pack -> put gives every named state back unchanged, touching no other row."""
+    enc = tiny_model.streaming_encoder(batch_size=3, latency="balanced")
+    bank = enc.bank
+    assert set(bank.flat) == {torch.float32, torch.float64}  # running statistics stay float64
+    assert len(bank.tensors) > 20
+    for name, t in bank.tensors.items():
+        assert t.untyped_storage().data_ptr() == bank.flat[t.dtype].untyped_storage().data_ptr(), name
+        assert t.shape == (4, *bank.templates[name].shape)  # capacity + the scratch row
+    g = torch.Generator().manual_seed(0)
+    for f in bank.flat.values():
+        f.copy_(torch.randn(f.shape, generator=g, dtype=f.dtype))
+    before = {k: t.clone() for k, t in bank.tensors.items()}
+    rows = torch.tensor([2, 0])
+    named = bank.views(bank.take(rows))
+    for k, t in named.items():
+        assert torch.equal(t, before[k][rows]), k
+    changed = {k: t + 1 for k, t in named.items()}
+    bank.put(rows, bank.pack(changed, 2))
+    for k, t in bank.tensors.items():
+        assert torch.equal(t[rows], before[k][rows] + 1), k
+        assert torch.equal(t[[1, 3]], before[k][[1, 3]]), k  # other rows untouched
+    bank.reset(torch.tensor([0]))
+    for k, t in bank.tensors.items():
+        assert torch.equal(t[0], bank.templates[k]), k

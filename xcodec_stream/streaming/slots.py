@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from xcodec_stream.streaming.layers import OPEN_END
-from xcodec_stream.streaming.state import StateBank
+from xcodec_stream.streaming.state import Flat, StateBank
 
 log = logging.getLogger("xcodec_stream.streaming")
 
@@ -86,7 +86,7 @@ class SlotEngine:
         self.steps = 0  # static steps run (all rows of a bucket count once)
         # inside `atomic`: its rows, and their bank state as it was, saved by the first step that writes it
         self._undo_rows: torch.Tensor | None = None
-        self._undo_bank: dict[str, torch.Tensor] | None = None
+        self._undo_bank: Flat | None = None
         self.bank: StateBank
 
     # ---- slots ------------------------------------------------------------------------------------
@@ -145,7 +145,7 @@ class SlotEngine:
         except BaseException:
             with torch.inference_mode():
                 if self._undo_bank is not None:
-                    self.bank.scatter(self._undo_rows, self._undo_bank)
+                    self.bank.put(self._undo_rows, self._undo_bank)
                 for name, value in saved.items():
                     target = getattr(self, name)
                     if isinstance(target, list):
@@ -160,7 +160,7 @@ class SlotEngine:
     def _before_write(self) -> None:
         """Inside `atomic`, before the first write to the bank: save its rows as they are."""
         if self._undo_rows is not None and self._undo_bank is None:
-            self._undo_bank = self.bank.gather(self._undo_rows)
+            self._undo_bank = self.bank.take(self._undo_rows)
 
     def _reset_rows(self, rows: np.ndarray) -> None:
         """Engine-specific counters of `rows` back to a fresh session."""
@@ -212,10 +212,19 @@ class SlotEngine:
     def _core(self, *args: object) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         raise NotImplementedError
 
+    def _flat_core(self, *args: object) -> tuple[torch.Tensor, Flat]:
+        """`_core` on flat states (the bank's layout): inputs..., flat, pos, end, masking -> output, new flat.
+        What is compiled: the named views and the packing of the new states are inside the graph."""
+        *inputs, flat, pos, end, masking = args
+        n = len(pos)
+        state = self.bank.views(flat)
+        out, new = self._core(*inputs, state, pos, end, masking)
+        return out, self.bank.pack(new, n, state)
+
     def step_function(self) -> Callable:
         """The step, compiled on first use when asked for (see the module docstring for the graphs)."""
         if self._step_fn is None:
-            self._step_fn = self._core if self.compile_mode == "eager" else self.compiled()
+            self._step_fn = self._flat_core if self.compile_mode == "eager" else self.compiled()
         return self._step_fn
 
     def compiled(self, backend: str | Callable = "inductor") -> Callable:
@@ -227,9 +236,9 @@ class SlotEngine:
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 64)
         if self.compile_mode == "cuda-graphs":
             return torch.compile(
-                self._core, dynamic=False, fullgraph=True, mode="reduce-overhead", backend=backend
+                self._flat_core, dynamic=False, fullgraph=True, mode="reduce-overhead", backend=backend
             )
-        return torch.compile(self._core, dynamic=None, fullgraph=True, backend=backend)
+        return torch.compile(self._flat_core, dynamic=None, fullgraph=True, backend=backend)
 
     @property
     def padded(self) -> bool:
@@ -246,7 +255,7 @@ class SlotEngine:
             return [b for b in (1, 2, 16) if b <= self.batch_size]
         return list(range(1, self.batch_size + 1))
 
-    def _call(self, fn: Callable, inputs: list[torch.Tensor], state: dict, pos, end, masking: bool):
+    def _call(self, fn: Callable, inputs: list[torch.Tensor], state: Flat, pos, end, masking: bool):
         if self.compile_mode != "compile":
             return fn(*inputs, state, pos, end, masking)
         import torch._dynamo
@@ -278,7 +287,7 @@ class SlotEngine:
             pos = torch.zeros(b, dtype=torch.long, device=self.device)
             end = torch.full((b,), OPEN_END, device=self.device)
             for _ in range(3):  # CUDA graphs record after warm-up calls
-                self._call(fn, self._dummy_inputs(b), self.bank.gather(scratch), pos, end, True)
+                self._call(fn, self._dummy_inputs(b), self.bank.take(scratch), pos, end, True)
         log.info(
             "%s: step compiled (%s) for buckets %s in %.1f s",
             self.kind,
@@ -309,16 +318,16 @@ class SlotEngine:
             # padding rows (scratch state, output dropped) copy the first row's position
             pos = np.concatenate([pos, np.full(b - n, pos[0])])
             end = np.concatenate([end, np.full(b - n, end[0])])
-        state = self.bank.gather(idx) if idx is not None else {k: t[:b] for k, t in self.bank.tensors.items()}
+        state = self.bank.take(idx) if idx is not None else {dt: f[:b] for dt, f in self.bank.flat.items()}
         pos_t = torch.from_numpy(pos).to(self.device)
         end_t = torch.from_numpy(np.ascontiguousarray(end)).to(self.device)
         out, new = self._call(self.step_function(), inputs, state, pos_t, end_t, masking)
         self._before_write()
         if idx is None:
-            for k, t in self.bank.tensors.items():
-                t[:b].copy_(new[k])
+            for dt, f in self.bank.flat.items():
+                f[:b].copy_(new[dt])
         else:
-            self.bank.scatter(idx, new)
+            self.bank.put(idx, new)
         self.pos[rows] += self.step_frames
         self.steps += 1
         return out[:n]

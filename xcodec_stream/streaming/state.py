@@ -1,4 +1,10 @@
-"""Fixed-capacity per-session state: named tensors with one row per slot, plus one scratch row for padding."""
+"""Fixed-capacity per-session state: named tensors with one row per slot, plus one scratch row for padding.
+
+Every named state of a row lies in one flat buffer per dtype (the compute dtype, and float64 for running
+statistics): a step's rows are taken and put back with one `index_select` / `index_copy_` per dtype, not one
+per named tensor (an encoder has 50-odd), and a compiled step gets one input and one output per dtype
+instead of one per name (fewer guards, one static copy each for a CUDA graph). The names are views.
+"""
 
 from __future__ import annotations
 
@@ -6,14 +12,18 @@ from collections.abc import Mapping
 
 import torch
 
+# One buffer per dtype: {dtype: (rows, features)}. A step's rows, or the whole bank.
+Flat = dict[torch.dtype, torch.Tensor]
+
 
 class StateBank:
-    """Tensors of shape (capacity + 1, *template.shape) by name; row i = session slot i, the last row is
-    scratch (bucket padding reads and writes it; nobody else does).
+    """Named per-row states, shape (capacity + 1, *template.shape) each; row i = session slot i, the last row
+    is scratch (bucket padding reads and writes it; nobody else does).
 
     Never registered as module buffers (so never in a `state_dict`); allocated once, so memory does not
-    change while streams run. `gather(rows)` gives the rows a step works on, `scatter(rows, new)` writes
-    them back; rows not given do not move.
+    change while streams run. `take(rows)` copies the rows a step works on out of the bank (flat), `views`
+    names them, `pack` flattens a step's new states, `put(rows, flat)` writes them back; rows not given do
+    not move. `tensors` are the bank's own rows by name (views of the flat buffers).
     """
 
     def __init__(
@@ -26,36 +36,58 @@ class StateBank:
             k: t.to(device=device, dtype=t.dtype if t.dtype == torch.float64 else dtype)
             for k, t in templates.items()
         }
-        self.tensors = {
-            k: t.unsqueeze(0).repeat(capacity + 1, *([1] * t.dim())) for k, t in self.templates.items()
-        }
+        # name -> (dtype, offset, size, shape) in its dtype's flat row
+        self.layout: dict[str, tuple[torch.dtype, int, int, tuple[int, ...]]] = {}
+        width: dict[torch.dtype, int] = {}
+        for k, t in self.templates.items():
+            o = width.get(t.dtype, 0)
+            self.layout[k] = (t.dtype, o, t.numel(), tuple(t.shape))
+            width[t.dtype] = o + t.numel()
+        self.dtypes = list(width)
+        row = self.pack({k: t[None] for k, t in self.templates.items()}, 1)
+        self.template_row: Flat = {dt: row[dt][0] for dt in self.dtypes}
+        self.flat: Flat = {dt: self.template_row[dt].repeat(capacity + 1, 1) for dt in self.dtypes}
+        self.tensors = self.views(self.flat)
 
     def __len__(self) -> int:
-        return len(self.tensors)
+        return len(self.layout)
 
     def nbytes(self) -> int:
         """Bytes of the session rows (the scratch row not counted)."""
-        return sum(t[: self.capacity].numel() * t.element_size() for t in self.tensors.values())
+        return sum(f[: self.capacity].numel() * f.element_size() for f in self.flat.values())
 
     def reset(self, rows: torch.Tensor | None = None) -> None:
         """Back to the template (a fresh session) for `rows` (None: every row)."""
-        for k, t in self.tensors.items():
-            tpl = self.templates[k]
+        for dt, f in self.flat.items():
             if rows is None:
-                t.copy_(tpl.expand_as(t))
+                f.copy_(self.template_row[dt].expand_as(f))
             else:
-                t[rows] = tpl
+                f[rows] = self.template_row[dt]
 
-    def gather(self, rows: torch.Tensor | None) -> dict[str, torch.Tensor]:
-        """The states of `rows` (None: every row including scratch, no copy)."""
-        if rows is None:
-            return dict(self.tensors)
-        return {k: t.index_select(0, rows) for k, t in self.tensors.items()}
+    def take(self, rows: torch.Tensor) -> Flat:
+        """A copy of `rows`' states, flat."""
+        return {dt: f.index_select(0, rows) for dt, f in self.flat.items()}
 
-    def scatter(self, rows: torch.Tensor | None, new: Mapping[str, torch.Tensor]) -> None:
-        """Write back states computed for `rows` (None: every row, the tensors are replaced, no copy)."""
-        for k, value in new.items():
-            if rows is None:
-                self.tensors[k] = value if value.is_contiguous() else value.contiguous()
-            else:
-                self.tensors[k].index_copy_(0, rows, value.to(self.tensors[k].dtype))
+    def put(self, rows: torch.Tensor, flat: Mapping[torch.dtype, torch.Tensor]) -> None:
+        """Write flat states computed for `rows` back."""
+        for dt, f in self.flat.items():
+            f.index_copy_(0, rows, flat[dt])
+
+    def views(self, flat: Mapping[torch.dtype, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Flat states (n rows) -> the named states, views (a row's part of a flat row is contiguous)."""
+        out = {}
+        for k, (dt, o, size, shape) in self.layout.items():
+            f = flat[dt]
+            out[k] = f[:, o : o + size].view(f.shape[0], *shape)
+        return out
+
+    def pack(
+        self, state: Mapping[str, torch.Tensor], n: int, base: Mapping[str, torch.Tensor] | None = None
+    ) -> Flat:
+        """Named states of n rows -> flat, one buffer per dtype (a name missing from `state` is taken from
+        `base`, the states the step started from)."""
+        parts: dict[torch.dtype, list[torch.Tensor]] = {dt: [] for dt in self.dtypes}
+        for k, (dt, _, _, _) in self.layout.items():
+            t = state[k] if k in state or base is None else base[k]
+            parts[dt].append(t.reshape(n, -1).to(dt))
+        return {dt: p[0].clone() if len(p) == 1 else torch.cat(p, dim=1) for dt, p in parts.items()}
