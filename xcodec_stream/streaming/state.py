@@ -44,6 +44,7 @@ class StateBank:
             self.layout[k] = (t.dtype, o, t.numel(), tuple(t.shape))
             width[t.dtype] = o + t.numel()
         self.dtypes = list(width)
+        self.sizes = {dt: [size for d, _, size, _ in self.layout.values() if d == dt] for dt in self.dtypes}
         row = self.pack({k: t[None] for k, t in self.templates.items()}, 1)
         self.template_row: Flat = {dt: row[dt][0] for dt in self.dtypes}
         self.flat: Flat = {dt: self.template_row[dt].repeat(capacity + 1, 1) for dt in self.dtypes}
@@ -75,11 +76,9 @@ class StateBank:
 
     def views(self, flat: Mapping[torch.dtype, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Flat states (n rows) -> the named states, views (a row's part of a flat row is contiguous)."""
-        out = {}
-        for k, (dt, o, size, shape) in self.layout.items():
-            f = flat[dt]
-            out[k] = f[:, o : o + size].view(f.shape[0], *shape)
-        return out
+        n = flat[self.dtypes[0]].shape[0]
+        parts = {dt: iter(flat[dt].split(self.sizes[dt], dim=1)) for dt in self.dtypes}  # one op per dtype
+        return {k: next(parts[dt]).view(n, *shape) for k, (dt, _, _, shape) in self.layout.items()}
 
     def pack(
         self, state: Mapping[str, torch.Tensor], n: int, base: Mapping[str, torch.Tensor] | None = None
@@ -89,5 +88,5 @@ class StateBank:
         parts: dict[torch.dtype, list[torch.Tensor]] = {dt: [] for dt in self.dtypes}
         for k, (dt, _, _, _) in self.layout.items():
             t = state[k] if k in state or base is None else base[k]
-            parts[dt].append(t.reshape(n, -1).to(dt))
+            parts[dt].append(t.reshape(n, -1) if t.dtype == dt else t.reshape(n, -1).to(dt))
         return {dt: p[0].clone() if len(p) == 1 else torch.cat(p, dim=1) for dt, p in parts.items()}
