@@ -36,15 +36,12 @@ class StateBank:
             k: t.to(device=device, dtype=t.dtype if t.dtype == torch.float64 else dtype)
             for k, t in templates.items()
         }
-        # name -> (dtype, offset, size, shape) in its dtype's flat row
-        self.layout: dict[str, tuple[torch.dtype, int, int, tuple[int, ...]]] = {}
-        width: dict[torch.dtype, int] = {}
-        for k, t in self.templates.items():
-            o = width.get(t.dtype, 0)
-            self.layout[k] = (t.dtype, o, t.numel(), tuple(t.shape))
-            width[t.dtype] = o + t.numel()
-        self.dtypes = list(width)
-        self.sizes = {dt: [size for d, _, size, _ in self.layout.values() if d == dt] for dt in self.dtypes}
+        # name -> (dtype, shape); a dtype's flat row holds its names' elements in this order (sizes: how many)
+        self.layout = {k: (t.dtype, tuple(t.shape)) for k, t in self.templates.items()}
+        self.sizes: dict[torch.dtype, list[int]] = {}
+        for t in self.templates.values():
+            self.sizes.setdefault(t.dtype, []).append(t.numel())
+        self.dtypes = list(self.sizes)
         row = self.pack({k: t[None] for k, t in self.templates.items()}, 1)
         self.template_row: Flat = {dt: row[dt][0] for dt in self.dtypes}
         self.flat: Flat = {dt: self.template_row[dt].repeat(capacity + 1, 1) for dt in self.dtypes}
@@ -78,7 +75,7 @@ class StateBank:
         """Flat states (n rows) -> the named states, views (a row's part of a flat row is contiguous)."""
         n = flat[self.dtypes[0]].shape[0]
         parts = {dt: iter(flat[dt].split(self.sizes[dt], dim=1)) for dt in self.dtypes}  # one op per dtype
-        return {k: next(parts[dt]).view(n, *shape) for k, (dt, _, _, shape) in self.layout.items()}
+        return {k: next(parts[dt]).view(n, *shape) for k, (dt, shape) in self.layout.items()}
 
     def pack(
         self, state: Mapping[str, torch.Tensor], n: int, base: Mapping[str, torch.Tensor] | None = None
@@ -86,7 +83,7 @@ class StateBank:
         """Named states of n rows -> flat, one buffer per dtype (a name missing from `state` is taken from
         `base`, the states the step started from)."""
         parts: dict[torch.dtype, list[torch.Tensor]] = {dt: [] for dt in self.dtypes}
-        for k, (dt, _, _, _) in self.layout.items():
-            t = state[k] if k in state or base is None else base[k]
-            parts[dt].append(t.reshape(n, -1) if t.dtype == dt else t.reshape(n, -1).to(dt))
+        for k, (dt, _) in self.layout.items():
+            t = (state[k] if k in state or base is None else base[k]).reshape(n, -1)
+            parts[dt].append(t if t.dtype == dt else t.to(dt))
         return {dt: p[0].clone() if len(p) == 1 else torch.cat(p, dim=1) for dt, p in parts.items()}
